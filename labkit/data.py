@@ -37,6 +37,9 @@ class ArrayData:
         if len(self.x) != len(self.y):
             raise ValueError(f"ArrayData: x has {len(self.x)} examples but y has {len(self.y)}; they must match")
 
+    def __len__(self) -> int:
+        return len(self.x)
+
 
 # ---- local datasets ---------------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jaxtyping import Array, Float, Int
@@ -65,7 +66,8 @@ def _check_classification(logits: jax.Array, labels: jax.Array) -> None:
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"labels must be integer class ids; got dtype {labels.dtype}")
     if not isinstance(labels, jax.core.Tracer):  # values can only be checked outside jit
-        low, high = int(jnp.min(labels)), int(jnp.max(labels))
+        values = np.asarray(labels)
+        low, high = int(values.min()), int(values.max())
         if low < 0 or high >= logits.shape[1]:
             raise ValueError(f"labels must lie in [0, {logits.shape[1] - 1}]; got values from {low} to {high}")
 

@@ -1,0 +1,35 @@
+# The only set-up a newcomer needs: `make book` and `make test` create .venv and install everything first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup book test test-fast lab clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade-strategy only-if-needed -r requirements.txt
+	$(BIN)/python -m pip install --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Execute the notebooks that changed (profile from LABKIT_PROFILE, else the hardware) and build _build/html.
+book: setup
+	$(BIN)/python scripts/build_book.py
+
+# Every test: labkit unit tests, every notebook in the ci profile (nbval), and a build of the website.
+test: setup
+	@start=$$(date +%s); \
+	$(BIN)/python -m pytest; status=$$?; \
+	echo "make test took $$(( $$(date +%s) - start )) s"; exit $$status
+
+# Unit tests only (seconds): no notebooks, no website build.
+test-fast: setup
+	$(BIN)/python -m pytest tests -m "not slow"
+
+lab: setup
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf _build

@@ -1,0 +1,233 @@
+"""Execute the book's notebooks (only those whose code or labkit dependencies changed) and build the website.
+
+    python scripts/build_book.py                  # -> _build/html, profile from LABKIT_PROFILE or the backend
+    python scripts/build_book.py --root /tmp/b    # -> /tmp/b/_build/html (tests use this)
+
+Why not Jupyter Book's own execution cache: it keys a notebook on its own code only, so an edit to a labkit module
+would not re-run the notebooks that import it, and a `ci` build would be reused by a `cpu` build. Here the key of a
+notebook is its code cells + the compute profile + the source of every labkit module it imports (transitively) +
+requirements.txt. Executed notebooks are kept in _build/executed; the site is built from a staged copy of the book
+(_build/src) with execution turned off, so Jupyter Book only renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+STAGED_FILES = ["_config.yml", "_toc.yml", "references.bib"]
+STAGED_DIRS = ["book"]
+CELL_TIMEOUT_S = 1200
+
+
+def toc_files(toc_path: Path) -> list[str]:
+    """Every file named in _toc.yml, in reading order (without extensions)."""
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                found.append(str(node["file"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    toc = yaml.safe_load(toc_path.read_text())
+    found.append(str(toc["root"]))
+    walk({k: v for k, v in toc.items() if k != "root"})
+    return found
+
+
+def toc_notebooks() -> list[Path]:
+    """The notebooks the website shows, in toc order; each must exist."""
+    notebooks = []
+    for name in toc_files(REPO / "_toc.yml"):
+        path = REPO / f"{name}.ipynb"
+        if path.exists():
+            notebooks.append(path)
+        elif not (REPO / f"{name}.md").exists():
+            raise SystemExit(f"_toc.yml names {name!r}, but neither {name}.ipynb nor {name}.md exists")
+    return notebooks
+
+
+def _imports_of(source: str) -> set[str]:
+    """labkit module names that ``source`` imports or touches as ``labkit.<name>``."""
+    names: set[str] = set()
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # notebook cells may hold IPython magics; drop those lines and retry
+        lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+        tree = ast.parse("\n".join(lines))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "labkit":
+            parts = node.module.split(".")
+            if len(parts) > 1:
+                names.add(parts[1])
+            else:
+                names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "labkit" and len(parts) > 1:
+                    names.add(parts[1])
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "labkit":
+            names.add(node.attr)
+    return names
+
+
+def labkit_closure(names: set[str]) -> list[Path]:
+    """The labkit source files behind ``names``, with everything they import from labkit, plus __init__."""
+    package = REPO / "labkit"
+    todo, seen = set(names) | {"__init__"}, set()
+    while todo:
+        name = todo.pop()
+        path = package / f"{name}.py"
+        if name in seen or not path.exists():  # an attribute such as labkit.get_profile is not a module
+            continue
+        seen.add(name)
+        todo |= _imports_of(path.read_text()) - seen
+    return sorted(package / f"{name}.py" for name in seen)
+
+
+def notebook_key(nb: nbformat.NotebookNode, profile: str) -> tuple[str, list[str]]:
+    """A hash of everything that can change the notebook's outputs, and the labkit files that went into it."""
+    code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
+    deps = labkit_closure(set().union(*(_imports_of(src) for src in code)) if code else set())
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"code": code, "profile": profile}).encode())
+    for path in deps + [REPO / "requirements.txt"]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest(), [str(p.relative_to(REPO)) for p in deps]
+
+
+def execute(path: Path, nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    from nbclient import NotebookClient
+
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute()
+    return nb
+
+
+def with_current_text(source: nbformat.NotebookNode, executed: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The source notebook (current markdown) carrying the outputs of an execution of the same code."""
+    outputs = iter(cell for cell in executed.cells if cell.cell_type == "code")
+    merged = nbformat.from_dict(json.loads(json.dumps(source)))
+    for cell in merged.cells:
+        if cell.cell_type == "code":
+            done = next(outputs)
+            cell.outputs, cell.execution_count = done.outputs, done.execution_count
+    merged.metadata["labkit_build"] = executed.metadata["labkit_build"]
+    return merged
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write only if the bytes differ, so Sphinx's incremental build sees an unchanged mtime."""
+    if path.exists() and path.read_bytes() == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return True
+
+
+def run_notebooks(build: Path, profile: str, force: bool) -> tuple[int, dict[str, bytes]]:
+    """Execute stale notebooks; return how many ran and the staged bytes of every notebook."""
+    notebooks = toc_notebooks()
+    staged: dict[str, bytes] = {}
+    ran = 0
+    for i, path in enumerate(notebooks, 1):
+        rel = str(path.relative_to(REPO))
+        source = nbformat.read(path, as_version=4)
+        key, deps = notebook_key(source, profile)
+        cached_path = build / "executed" / rel
+        cached = nbformat.read(cached_path, as_version=4) if cached_path.exists() else None
+        if not force and cached is not None and cached.metadata.get("labkit_build", {}).get("key") == key:
+            print(f"[{i}/{len(notebooks)}] {rel}: up to date (profile {profile})", flush=True)
+        else:
+            why = "forced" if force else ("new" if cached is None else "code, profile or labkit changed")
+            print(f"[{i}/{len(notebooks)}] {rel}: executing ({why}; profile {profile}) ...", flush=True)
+            start = time.perf_counter()
+            nb = nbformat.from_dict(json.loads(json.dumps(source)))
+            try:
+                execute(path, nb)
+            except Exception as error:  # noqa: BLE001 - report which notebook failed, then stop the build
+                print(f"\nFAILED: {rel}\n{error}", file=sys.stderr)
+                raise SystemExit(1) from None
+            seconds = time.perf_counter() - start
+            nb.metadata["labkit_build"] = {"key": key, "profile": profile, "labkit": deps, "seconds": round(seconds, 1)}
+            write_if_changed(cached_path, nbformat.writes(nb).encode())
+            cached = nb
+            ran += 1
+            print(f"[{i}/{len(notebooks)}] {rel}: done in {seconds:.1f} s", flush=True)
+        staged[rel] = nbformat.writes(with_current_text(source, cached)).encode()
+    return ran, staged
+
+
+def stage(build: Path, notebooks: dict[str, bytes]) -> Path:
+    """Mirror the book's sources into build/src (only changed files are rewritten); drop files no longer there."""
+    src = build / "src"
+    wanted: dict[str, bytes] = dict(notebooks)
+    for name in STAGED_FILES:
+        wanted[name] = (REPO / name).read_bytes()
+    for folder in STAGED_DIRS:
+        for path in (REPO / folder).rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                wanted[str(path.relative_to(REPO))] = path.read_bytes()
+    for rel, data in wanted.items():
+        write_if_changed(src / rel, data)
+    for path in sorted(src.rglob("*"), reverse=True):
+        if path.is_file() and str(path.relative_to(src)) not in wanted:
+            path.unlink()
+    return src
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=REPO, help="the site goes to ROOT/_build/html")
+    parser.add_argument("--force", action="store_true", help="execute every notebook even if up to date")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(REPO))
+    import labkit
+
+    profile = labkit.get_profile().name
+    os.environ["LABKIT_PROFILE"] = profile  # the kernels inherit it, so key and execution agree
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    build = args.root.resolve() / "_build"
+    start = time.perf_counter()
+    ran, notebooks = run_notebooks(build, profile, args.force)
+    src = stage(build, notebooks)
+    command = [
+        str(Path(sys.executable).parent / "jupyter-book"), "build", str(src), "--path-output", str(args.root.resolve()),
+        "--builder", "html", "--warningiserror", "--keep-going",
+    ]
+    if ran:  # pages that paste numbers from a re-executed notebook must be rewritten too
+        command.append("--all")
+    print("building the website:", " ".join(command[1:]), flush=True)
+    result = subprocess.run(command, cwd=REPO)
+    if result.returncode != 0:
+        raise SystemExit(f"the website build failed (exit {result.returncode}); see the warnings above")
+    print(f"\n{ran} notebook(s) executed, total {time.perf_counter() - start:.0f} s")
+    print(f"Website: {build / 'html' / 'index.html'}")
+
+
+if __name__ == "__main__":
+    main()

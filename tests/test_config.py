@@ -1,0 +1,54 @@
+"""The project's own rules, checked: pinned requirements, clean notebooks, one repository URL."""
+
+import re
+from pathlib import Path
+
+import nbformat
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+def test_every_requirement_is_pinned_exactly():
+    lines = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    packages = [line for line in lines if line and not line.startswith("#")]
+    assert len(packages) > 20
+    unpinned = [line for line in packages if not re.fullmatch(r"[A-Za-z0-9_.\-\[\],]+==[A-Za-z0-9_.+\-]+", line)]
+    assert not unpinned
+
+
+def test_notebooks_exist_are_in_the_toc_and_store_no_outputs():
+    toc = (REPO / "_toc.yml").read_text()
+    assert NOTEBOOKS
+    for path in NOTEBOOKS:
+        assert f"notebooks/{path.stem}" in toc, f"{path.name} is not in _toc.yml"
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, f"{path.name} stores outputs"
+
+
+def test_notebooks_follow_the_lab_layout():
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), path.name
+        assert "../book/" in nb.cells[0].source, f"{path.name}: first cell should link to its book section"
+        code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
+        assert "google.colab" in code[0] and "import labkit" in code[0], f"{path.name}: first code cell"
+        assert "labkit.get_profile()" in code[1], f"{path.name}: second code cell must be the config cell"
+
+
+def test_colab_install_line_uses_the_configured_repository():
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    url = config["repository"]["url"].rstrip("/")
+    for path in NOTEBOOKS:
+        first_code = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        assert f'"labkit @ git+{url}"' in first_code.source, path.name
+
+
+def test_launch_buttons_are_configured():
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    buttons = config["launch_buttons"]
+    assert buttons["colab_url"] and buttons["binderhub_url"] and buttons["jupyterhub_url"]
+    assert config["execute"]["execute_notebooks"] == "off"  # scripts/build_book.py executes them
