@@ -69,8 +69,11 @@ def _imports_of(source: str) -> set[str]:
     names: set[str] = set()
     try:
         tree = ast.parse(source)
-    except SyntaxError:  # notebook cells may hold IPython magics; drop those lines and retry
-        lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    except SyntaxError:  # notebook cells may hold IPython magics: replace each by `pass` (keeping its indent)
+        lines = [
+            line[: len(line) - len(line.lstrip())] + "pass" if line.lstrip().startswith(("%", "!")) else line
+            for line in source.splitlines()
+        ]
         tree = ast.parse("\n".join(lines))
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "labkit":
