@@ -1,0 +1,473 @@
+"""Byte-level BPE (byte-pair encoding), as in GPT-2: train merges, encode, decode, save, load GPT-2's files.
+
+Text is cut into pre-tokens by a regular expression (words, numbers, punctuation, whitespace), each pre-token into
+its UTF-8 bytes (ids 0..255), and the learned merges are applied inside each pre-token, lowest rank first.
+
+>>> tok = BPETokenizer.train("aaabdaaabac", vocab_size=259)
+>>> tok.merges                       # aa -> 256, then ab -> 257 (a tie with (256, 97), see train), then 256 257
+((97, 97), (97, 98), (256, 257))
+>>> tok.encode("aaabdaaabac").tolist()
+[258, 100, 258, 97, 99]
+>>> tok.decode([258, 100])
+'aaabd'
+"""
+
+from __future__ import annotations
+
+import codecs
+import heapq
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import AbstractSet, Collection, Iterable, Literal, Sequence
+
+import numpy as np
+import regex
+
+# GPT-2's pre-tokenizer (openai/gpt-2, src/encoder.py); tiktoken's r50k_base uses the same expression.
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+_CACHE_SIZE = 1 << 18  # pre-tokens remembered by encode; the cache is emptied when it fills
+
+
+def gpt2_bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from each byte to a printable character, used to write tokens in encoder.json and vocab.bpe.
+
+    >>> m = gpt2_bytes_to_unicode()
+    >>> m[ord("a")], m[ord(" ")], m[ord("\\n")]
+    ('a', 'Ġ', 'Ċ')
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
+
+
+def _replace_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """``ids`` with every occurrence of ``pair``, scanned left to right, replaced by ``new_id``.
+
+    >>> _replace_pair([97, 97, 97, 98], (97, 97), 256)
+    [256, 97, 98]
+    """
+    out, i, n = [], 0, len(ids)
+    while i < n:
+        if i + 1 < n and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _split_on(text: str, names: Iterable[str]) -> list[str]:
+    """``text`` cut around the strings ``names``, which are kept at the odd positions of the result.
+
+    >>> _split_on("a<|x|>b", ["<|x|>"])
+    ['a', '<|x|>', 'b']
+    """
+    names = sorted(names, key=len, reverse=True)  # the longest first, where one name starts another
+    if not names:
+        return [text]
+    return regex.split("(" + "|".join(regex.escape(name) for name in names) + ")", text)
+
+
+def _learn_merges(word_counts: dict[tuple[int, ...], int], n_merges: int) -> list[tuple[int, int]]:
+    """Up to ``n_merges`` merges, each the most frequent adjacent pair (ties: the smallest pair of ids)."""
+    words = [list(word) for word in word_counts]
+    freqs = list(word_counts.values())
+    counts: dict[tuple[int, int], int] = defaultdict(int)  # pair -> occurrences in the corpus
+    where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> indices of the words that hold it
+    for i, word in enumerate(words):
+        for pair in zip(word, word[1:]):
+            counts[pair] += freqs[i]
+            where[pair].add(i)
+    # A max-heap by (count, then smallest pair). Entries go stale when a count changes; a changed count pushes a
+    # fresh entry, and a popped entry whose count is no longer current is skipped.
+    heap = [(-count, pair) for pair, count in counts.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[int, int]] = []
+    while heap and len(merges) < n_merges:
+        neg_count, pair = heapq.heappop(heap)
+        if counts.get(pair, 0) != -neg_count:
+            continue
+        new_id = 256 + len(merges)
+        merges.append(pair)
+        touched: set[tuple[int, int]] = set()
+        for i in where.pop(pair):  # the order of words and pushes cannot change the result: counts are sums
+            touched |= _merge_in_word(words, freqs, i, pair, new_id, counts, where)
+        for changed in touched:
+            if counts.get(changed, 0) > 0:
+                heapq.heappush(heap, (-counts[changed], changed))
+    return merges
+
+
+def _merge_in_word(
+    words: list[list[int]], freqs: list[int], i: int, pair: tuple[int, int], new_id: int,
+    counts: dict[tuple[int, int], int], where: dict[tuple[int, int], set[int]],
+) -> set[tuple[int, int]]:
+    """Merge ``pair`` in word ``i`` and update the pair counts and index; returns the pairs whose count changed."""
+    old, new = words[i], _replace_pair(words[i], pair, new_id)
+    words[i] = new
+    delta = Counter(zip(new, new[1:]))
+    delta.subtract(Counter(zip(old, old[1:])))
+    new_pairs = set(zip(new, new[1:]))
+    changed = set()
+    for p, d in delta.items():
+        if d == 0:
+            continue
+        changed.add(p)
+        counts[p] += d * freqs[i]
+        if counts[p] == 0:
+            del counts[p]
+        if d > 0:
+            where[p].add(i)
+        elif p not in new_pairs and p != pair:
+            where[p].discard(i)
+    return changed
+
+
+def _check_path(path: str | Path, argument: str) -> Path:
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"{argument} must be a str or Path; got {type(path).__name__}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{argument}: no file at {path}")
+    return path
+
+
+def _read_json(path: Path, argument: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{argument} {path} must be a JSON file; it does not parse: {error}") from None
+
+
+def _compiled(pattern: str) -> regex.Pattern:
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a str; got {type(pattern).__name__}")
+    try:
+        return regex.compile(pattern)
+    except regex.error as error:
+        raise ValueError(f"pattern must be a valid regular expression; got {pattern!r} ({error})") from None
+
+
+class BPETokenizer:
+    """Byte-level BPE: merge i makes token 256 + i; special tokens come after the merges."""
+
+    def __init__(
+        self,
+        merges: Sequence[tuple[int, int]],
+        *,
+        special_tokens: dict[str, int] | None = None,
+        pattern: str = GPT2_PATTERN,
+        byte_ids: Sequence[int] | None = None,
+    ):
+        """``byte_ids[b]`` is the id of byte b; None means b itself (GPT-2's files use another order)."""
+        self.merges: tuple[tuple[int, int], ...] = self._checked_merges(merges)
+        self.byte_ids: tuple[int, ...] = self._checked_byte_ids(byte_ids)
+        self.special_tokens: dict[str, int] = self._checked_special_tokens(special_tokens or {})
+        self._regex = _compiled(pattern)
+        self.pattern = pattern
+        vocab = [b""] * 256
+        for b, i in enumerate(self.byte_ids):
+            vocab[i] = bytes([b])
+        for a, b in self.merges:  # in order: a merge is built from bytes and earlier merges
+            vocab.append(vocab[a] + vocab[b])
+        vocab += [name.encode("utf-8") for name in sorted(self.special_tokens, key=self.special_tokens.get)]
+        self.vocab: tuple[bytes, ...] = tuple(vocab)  # id -> the bytes it stands for
+        self._ranks = {pair: rank for rank, pair in enumerate(self.merges)}
+        self._cache: dict[str, list[int]] = {}
+
+    # ---- construction ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _checked_merges(merges: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+        if isinstance(merges, (str, bytes)) or not isinstance(merges, Sequence):
+            raise TypeError(f"merges must be a sequence of (int, int) pairs; got {type(merges).__name__}")
+        checked = []
+        for rank, pair in enumerate(merges):
+            ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(type(i) is int for i in pair)
+            if not ok or not all(0 <= i < 256 + rank for i in pair):
+                raise ValueError(
+                    f"merges[{rank}] must be a pair of ids, each in [0, {255 + rank}] (bytes or earlier merges); "
+                    f"got {pair!r}"
+                )
+            checked.append((pair[0], pair[1]))
+        return tuple(checked)
+
+    @staticmethod
+    def _checked_byte_ids(byte_ids: Sequence[int] | None) -> tuple[int, ...]:
+        if byte_ids is None:
+            return tuple(range(256))
+        if sorted(byte_ids) != list(range(256)) or not all(type(i) is int for i in byte_ids):
+            raise ValueError(f"byte_ids must be None or a permutation of the ids 0..255; got {list(byte_ids)[:8]}...")
+        return tuple(byte_ids)
+
+    def _checked_special_tokens(self, special_tokens: dict[str, int]) -> dict[str, int]:
+        ok = isinstance(special_tokens, dict) and all(isinstance(s, str) and s for s in special_tokens)
+        if not ok or not all(type(i) is int for i in special_tokens.values()):
+            raise ValueError(f"special_tokens must map non-empty strings to int ids; got {special_tokens!r}")
+        first = 256 + len(self.merges)
+        expected = list(range(first, first + len(special_tokens)))
+        if sorted(special_tokens.values()) != expected:
+            raise ValueError(
+                f"special_tokens must have the ids right after the merges, {expected}; "
+                f"got {sorted(special_tokens.values())}"
+            )
+        return dict(special_tokens)
+
+    @classmethod
+    def train(
+        cls, text: str, vocab_size: int, *, special_tokens: Sequence[str] = (), pattern: str = GPT2_PATTERN
+    ) -> "BPETokenizer":
+        """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text`` (fewer if the pairs run out).
+
+        Each merge is the adjacent pair of ids seen most often within the pre-tokens of ``text``; a tie goes to the
+        smallest pair, comparing (first id, second id). Special tokens are cut out of ``text`` before counting.
+
+        >>> BPETokenizer.train("low lower lowest", vocab_size=258).merges   # (l, o) and (o, w) tie at 3
+        ((108, 111), (256, 119))
+        """
+        if not isinstance(text, str) or not text:
+            got = "an empty str" if isinstance(text, str) else type(text).__name__
+            raise ValueError(f"text must be a non-empty str (the training corpus); got {got}")
+        names_ok = all(isinstance(name, str) and name for name in special_tokens)
+        if isinstance(special_tokens, str) or not names_ok or len(set(special_tokens)) != len(special_tokens):
+            raise ValueError(f"special_tokens must be a sequence of distinct non-empty strings; got {special_tokens!r}")
+        smallest = 256 + len(special_tokens)
+        if type(vocab_size) is not int or vocab_size < smallest:
+            raise ValueError(
+                f"vocab_size must be an int >= {smallest} (256 byte tokens + {len(special_tokens)} special); "
+                f"got {vocab_size!r}"
+            )
+        compiled = _compiled(pattern)
+        pieces: Counter[str] = Counter()
+        for i, chunk in enumerate(_split_on(text, special_tokens)):
+            if i % 2 == 0:  # the odd chunks are the special tokens themselves
+                pieces.update(compiled.findall(chunk))
+        try:
+            word_counts = {tuple(piece.encode("utf-8")): n for piece, n in pieces.items()}
+        except UnicodeEncodeError as error:
+            raise ValueError(f"text must be valid Unicode; it has a lone surrogate ({error})") from None
+        merges = _learn_merges(word_counts, vocab_size - smallest)
+        first = 256 + len(merges)
+        specials = {name: first + k for k, name in enumerate(special_tokens)}
+        return cls(merges, special_tokens=specials, pattern=pattern)
+
+    # ---- sizes and lookups -------------------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (V): 256 bytes + merges + special tokens."""
+        return len(self.vocab)
+
+    @property
+    def mergeable_ranks(self) -> dict[bytes, int]:
+        """Every non-special token's bytes -> its id, the ``mergeable_ranks`` of a ``tiktoken.Encoding``."""
+        ranks = {token: i for i, token in enumerate(self.vocab[: 256 + len(self.merges)])}
+        if len(ranks) != 256 + len(self.merges):  # training never makes such a pair; hand-made merges might
+            raise ValueError("merges must make tokens with distinct bytes for tiktoken; two of them coincide")
+        return ranks
+
+    def special_id(self, name: str) -> int:
+        """The id of the special token ``name``, e.g. ``tok.special_id("<|endoftext|>")``."""
+        if name not in self.special_tokens:
+            known = ", ".join(map(repr, self.special_tokens)) or "none"
+            raise ValueError(f"name must be a special token of this tokenizer ({known}); got {name!r}")
+        return self.special_tokens[name]
+
+    # ---- encoding ----------------------------------------------------------------------------------------------
+
+    def _encode_piece(self, piece: str) -> list[int]:
+        """The ids of one pre-token: its bytes, then merges applied lowest rank first, every occurrence at once."""
+        try:
+            ids = [self.byte_ids[b] for b in piece.encode("utf-8")]
+        except UnicodeEncodeError as error:
+            raise ValueError(f"text must be valid Unicode; it has a lone surrogate in {piece!r} ({error})") from None
+        while len(ids) > 1:
+            pair = min(zip(ids, ids[1:]), key=lambda p: self._ranks.get(p, len(self._ranks)))
+            if pair not in self._ranks:
+                break
+            ids = _replace_pair(ids, pair, 256 + self._ranks[pair])
+        return ids
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        out: list[int] = []
+        cache = self._cache
+        for piece in self._regex.findall(text):
+            ids = cache.get(piece)
+            if ids is None:
+                if len(cache) >= _CACHE_SIZE:
+                    cache.clear()
+                ids = cache[piece] = self._encode_piece(piece)
+            out.extend(ids)
+        return out
+
+    def encode_ordinary(self, text: str) -> np.ndarray:
+        """The ids of ``text``, int32 of shape (T,), reading special-token strings as ordinary text."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str; got {type(text).__name__}")
+        return np.array(self._encode_ordinary(text), dtype=np.int32)
+
+    def _special_names(self, names: Literal["all"] | Collection[str], argument: str) -> set[str]:
+        if names == "all":
+            return set(self.special_tokens)
+        if isinstance(names, str) or not isinstance(names, Collection):
+            raise ValueError(f"{argument} must be 'all' or a collection of special token names; got {names!r}")
+        unknown = sorted(set(names) - set(self.special_tokens))
+        if unknown:
+            known = ", ".join(map(repr, self.special_tokens)) or "none"
+            raise ValueError(f"{argument} names {unknown}, not special tokens of this tokenizer (it has {known})")
+        return set(names)
+
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+    ) -> np.ndarray:
+        """The ids of ``text``, int32 of shape (T,); special tokens as in tiktoken (see below).
+
+        A special token in ``allowed_special`` becomes its id. One in ``disallowed_special`` (by default every
+        special token not allowed) raises ValueError; pass ``disallowed_special=()`` to encode it as plain text.
+
+        >>> tok = BPETokenizer.train("hi there", vocab_size=257, special_tokens=["<|endoftext|>"])
+        >>> tok.encode("hi<|endoftext|>", allowed_special="all").tolist()
+        [104, 105, 256]
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str; got {type(text).__name__}")
+        allowed = self._special_names(allowed_special, "allowed_special")
+        disallowed = self._special_names(disallowed_special, "disallowed_special") - allowed
+        found = [name for name in disallowed if name in text]
+        if found:
+            name = min(found, key=text.index)  # report the first one in the text
+            raise ValueError(
+                f"text contains the special token {name!r} at position {text.index(name)}, which is disallowed; "
+                f"pass allowed_special={{{name!r}}} to encode it as its id {self.special_tokens[name]}, "
+                f"or disallowed_special=() to encode it as ordinary text"
+            )
+        ids: list[int] = []
+        for i, chunk in enumerate(_split_on(text, allowed)):
+            ids.extend([self.special_tokens[chunk]] if i % 2 else self._encode_ordinary(chunk))
+        return np.array(ids, dtype=np.int32)
+
+    # ---- decoding ----------------------------------------------------------------------------------------------
+
+    def decode_bytes(self, ids: Sequence[int] | np.ndarray) -> bytes:
+        """The bytes that ``ids`` stand for; every id must lie in [0, V).
+
+        >>> BPETokenizer([]).decode_bytes([226, 130])     # the first 2 of the 3 bytes of '€'
+        b'\\xe2\\x82'
+        """
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError(f"ids must be a 1-D sequence of ints; got shape {ids.shape}, dtype {ids.dtype}")
+        bad = np.flatnonzero((ids < 0) | (ids >= self.vocab_size))
+        if bad.size:
+            raise ValueError(
+                f"ids must lie in [0, {self.vocab_size - 1}]; got {ids[bad[0]]} at position {bad[0]}, which is "
+                f"no token of this tokenizer"
+            )
+        return b"".join(self.vocab[i] for i in ids.tolist())
+
+    def decode(self, ids: Sequence[int] | np.ndarray, *, errors: str = "replace") -> str:
+        """The text of ``ids``; invalid UTF-8 follows ``errors``: "replace" (U+FFFD), "strict" (raise), "ignore"...
+
+        >>> BPETokenizer([]).decode([226, 130, 104, 105])
+        '�hi'
+        """
+        if not isinstance(errors, str):
+            raise TypeError(f"errors must be the name of a codec error handler; got {type(errors).__name__}")
+        try:
+            codecs.lookup_error(errors)
+        except LookupError:
+            raise ValueError(
+                f"errors must be a codec error handler such as 'replace', 'strict' or 'ignore'; got {errors!r}"
+            ) from None
+        data = self.decode_bytes(ids)
+        try:
+            return data.decode("utf-8", errors=errors)
+        except UnicodeDecodeError as error:
+            reason = f"{error.reason}: the ids' bytes are not valid UTF-8; decode with errors='replace' to see them"
+            raise UnicodeDecodeError("utf-8", data, error.start, error.end, reason) from None
+
+    # ---- files -------------------------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write a readable JSON file: the pattern, special tokens, byte ids if not 0..255, one merge a line."""
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"path must be a str or Path; got {type(path).__name__}")
+        head = {
+            "format": "labkit-bpe",
+            "version": 1,
+            "pattern": self.pattern,
+            "special_tokens": self.special_tokens,
+            "byte_ids": None if self.byte_ids == tuple(range(256)) else list(self.byte_ids),
+        }
+        lines = [json.dumps(head, indent=2)[:-2] + ',\n  "merges": [']  # [:-2] reopens the closing "\n}"
+        lines.append(",\n".join(f"    [{a}, {b}]" for a, b in self.merges))
+        lines.append("  ]\n}\n")
+        Path(path).write_text("\n".join(lines), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BPETokenizer":
+        """Read a file written by ``save``."""
+        path = _check_path(path, "path")
+        data = _read_json(path, "path")
+        keys = {"format", "version", "pattern", "special_tokens", "byte_ids", "merges"}
+        if not isinstance(data, dict) or data.get("format") != "labkit-bpe" or data.get("version") != 1:
+            raise ValueError(f"path {path} must hold a labkit BPE file, format 'labkit-bpe' version 1; it does not")
+        if set(data) != keys:
+            raise ValueError(f"path {path} must have exactly the keys {sorted(keys)}; got {sorted(data)}")
+        try:
+            merges = [tuple(pair) if isinstance(pair, list) else pair for pair in data["merges"]]
+            return cls(merges, special_tokens=data["special_tokens"], pattern=data["pattern"], byte_ids=data["byte_ids"])
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"path {path} holds a malformed labkit BPE file: {error}") from None
+
+    @classmethod
+    def from_gpt2_files(cls, encoder_json: str | Path, vocab_bpe: str | Path) -> "BPETokenizer":
+        """The tokenizer of GPT-2's own ``encoder.json`` (token -> id) and ``vocab.bpe`` (merges, one a line)."""
+        encoder_path, merges_path = _check_path(encoder_json, "encoder_json"), _check_path(vocab_bpe, "vocab_bpe")
+        encoder = _read_json(encoder_path, "encoder_json")
+        if not isinstance(encoder, dict) or not all(type(i) is int for i in encoder.values()):
+            raise ValueError(f"encoder_json {encoder_path} must hold a JSON object of token -> int id")
+
+        def id_of(token: str, where: str) -> int:
+            if token not in encoder:
+                raise ValueError(f"{where}: token {token!r} is not in encoder_json {encoder_path}")
+            return encoder[token]
+
+        to_char = gpt2_bytes_to_unicode()
+        byte_ids = [id_of(to_char[b], f"byte {b}") for b in range(256)]
+        merges: list[tuple[int, int]] = []
+        for number, line in enumerate(merges_path.read_text(encoding="utf-8").split("\n"), start=1):
+            where = f"vocab_bpe {merges_path} line {number}"
+            if (number == 1 and line.startswith("#version")) or not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise ValueError(f"{where} must be two tokens separated by a space; got {line!r}")
+            if id_of(parts[0] + parts[1], where) != 256 + len(merges):
+                raise ValueError(f"{where}: GPT-2 gives merge k the id 256 + k = {256 + len(merges)}; "
+                                 f"encoder_json gives {parts[0] + parts[1]!r} the id {encoder[parts[0] + parts[1]]}")
+            merges.append((id_of(parts[0], where), id_of(parts[1], where)))
+        specials = {token: i for token, i in encoder.items() if i >= 256 + len(merges)}
+        if len(encoder) != 256 + len(merges) + len(specials):
+            raise ValueError(f"encoder_json {encoder_path} must hold the 256 bytes, the {len(merges)} merges and "
+                             f"then only special tokens; it has {len(encoder)} entries, some of them extra")
+        return cls(merges, special_tokens=specials, byte_ids=byte_ids)
+
+    # ---- comparison --------------------------------------------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BPETokenizer):
+            return NotImplemented
+        mine = (self.merges, self.byte_ids, self.special_tokens, self.pattern)
+        return mine == (other.merges, other.byte_ids, other.special_tokens, other.pattern)
+
+    def __repr__(self) -> str:
+        return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+                f"special_tokens={list(self.special_tokens)})")
