@@ -132,7 +132,7 @@ def fit(
             history.eval_step.append(step)
             for name, value in results.items():
                 history.eval[name].append(value)
-            bar.set_postfix(loss=f"{loss:.4f}", **{name: f"{v:.4f}" for name, v in results.items()})
+            bar.set_postfix({"loss": f"{loss:.4f}", **{f"eval_{name}": f"{v:.4f}" for name, v in results.items()}})
         elif step % 50 == 0:
             bar.set_postfix(loss=f"{loss:.4f}")
     bar.close()

@@ -50,3 +50,14 @@ def test_reported_compute_agrees_with_six_n_d_where_both_are_published():
     assert both
     for m in both:
         assert abs(6 * m.parameters * m.tokens / m.compute - 1) < 0.1, m.name
+
+
+def test_glue_works_without_myst_nb(monkeypatch, capsys):
+    import sys
+
+    from labkit.book import glue
+
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # as on Colab, where myst-nb is not installed
+    assert glue("x", 1.5, display=False) is None
+    with pytest.raises(ValueError, match="name must be a non-empty str"):
+        glue("", 1.0)

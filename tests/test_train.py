@@ -90,3 +90,13 @@ def test_evaluate_weights_batches_by_size():
     assert result["mean"] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="metrics is empty"):
         train.evaluate(None, {}, data.ArrayData(x, np.zeros(5)))
+
+
+def test_fit_default_metric_is_the_loss_on_eval_data():
+    train_set, test_set = _digits()
+    model = nn.MLP([64, 10], rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    history = train.fit(model, optimizer, _loss, train_set, steps=20, batch_size=32, key=jax.random.key(0),
+                        eval_data=test_set, eval_every=10)
+    assert list(history.eval) == ["loss"] and len(history.eval["loss"]) == 2
+    assert history.eval["loss"][1] < history.eval["loss"][0]
