@@ -1,0 +1,190 @@
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from labkit.gpt import GPT, GPTConfig, count_params, param_count
+from labkit.nn import cross_entropy
+from labkit.profiles import get_profile
+from labkit.train import make_train_step
+
+TINY = dict(vocab_size=50, max_len=16, num_layers=2, num_heads=4, width=16, mlp_width=24)
+CONFIGS = {
+    "gpt2": GPTConfig(**TINY),
+    "llama": GPTConfig.llama_style(**TINY, num_kv_heads=2),
+    "sinusoidal-blockwise": GPTConfig(**TINY, positions="sinusoidal", attention="blockwise", block_size=3, bias=False),
+    "mqa-jax": GPTConfig(**TINY, num_kv_heads=1, attention="jax", tie_embeddings=False, mlp="swiglu"),
+}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def model(request):
+    return GPT(CONFIGS[request.param], rngs=nnx.Rngs(0))
+
+
+@nnx.jit
+def forward(model, tokens):
+    return model(tokens)
+
+
+def tokens_for(config, shape=(2, 10), seed=0):
+    # NumPy: an eager jax op costs a compilation per new shape, and the tests are kept fast.
+    return np.random.default_rng(seed).integers(0, config.vocab_size, shape, dtype=np.int32)
+
+
+def test_param_count_formula_equals_counting(model):
+    assert param_count(model.config) == count_params(model)
+
+
+@pytest.mark.parametrize("preset", ["ci", "cpu", "gpu", "gpt2_small", "llama_style"])
+def test_param_count_of_presets(preset):
+    config = getattr(GPTConfig, preset)()
+    assert param_count(config) == count_params(nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0))))
+
+
+def test_gpt2_small_has_124m_parameters():
+    assert param_count(GPTConfig.gpt2_small()) == 124_439_808
+
+
+def test_presets_follow_the_profile():
+    assert GPTConfig.for_profile("ci") == GPTConfig.ci()
+    assert GPTConfig.for_profile(get_profile("cpu")) == GPTConfig.cpu()
+    assert GPTConfig.for_profile("tpu", num_layers=3) == GPTConfig.gpu(num_layers=3)
+    assert GPTConfig.gpu().dtype == jnp.bfloat16
+    assert GPTConfig.for_profile("gpu").dtype == get_profile("gpu").compute_dtype
+    llama = GPTConfig.llama_style()
+    assert (llama.norm, llama.mlp, llama.positions, llama.tie_embeddings) == ("rmsnorm", "swiglu", "rotary", False)
+    assert GPTConfig.ci().num_kv_heads == GPTConfig.ci().num_heads
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        GPTConfig.ci().width = 3
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(width=30, num_heads=4), "width D=30 must be divisible by num_heads N=4"),
+        (dict(num_kv_heads=3), "num_heads N=4 must be divisible by num_kv_heads K=3"),
+        (dict(width=12, num_heads=4, positions="rotary"), "rotary positions need an even head width D/N; got 3"),
+        (dict(norm="batchnorm"), "norm must be one of layernorm, rmsnorm; got 'batchnorm'"),
+        (dict(mlp="relu"), "mlp must be one of gelu, swiglu"),
+        (dict(attention="flash"), "attention must be one of plain, blockwise, jax"),
+        (dict(dropout=1.0), "dropout must be in \\[0, 1\\)"),
+        (dict(max_len=0), "max_len must be a positive int; got 0"),
+        (dict(vocab_size=2.5), "vocab_size must be a positive int; got 2.5"),
+        (dict(dtype=jnp.int32), "dtype must be a floating-point dtype"),
+    ],
+)
+def test_config_invariants(change, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**{**TINY, **change})
+
+
+def test_causality_future_tokens_do_not_change_earlier_logits(model):
+    config = model.config
+    tokens = tokens_for(config, (2, 12))
+    changed = tokens.copy()
+    changed[:, 7:] = (tokens[:, 7:] + 1 + np.arange(5)) % config.vocab_size
+    before, after = forward(model, tokens), forward(model, changed)
+    np.testing.assert_allclose(after[:, :7], before[:, :7], atol=1e-5, rtol=1e-5)
+    assert not np.allclose(after[:, 7:], before[:, 7:], atol=1e-3)  # the changed positions do change
+
+
+def test_cache_gives_the_logits_of_the_full_sequence(model):
+    tokens = tokens_for(model.config, (2, 9), seed=1)
+    full = forward(model, tokens)
+
+    @nnx.jit
+    def pieces(model, tokens):
+        cache = model.init_cache(2, 12)
+        first, cache = model(tokens[:, :5], cache=cache)
+        second, cache = model(tokens[:, 5:6], cache=cache)
+        third, cache = model(tokens[:, 6:], cache=cache)
+        return jnp.concatenate([first, second, third], axis=1), cache[0].length
+
+    logits, length = pieces(model, tokens)
+    assert int(length) == 9
+    np.testing.assert_allclose(logits, full, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_maps_are_causal_distributions():
+    model = GPT(CONFIGS["llama"], rngs=nnx.Rngs(0))
+    maps = nnx.jit(lambda model, tokens: model.attention_maps(tokens))(model, tokens_for(model.config, (2, 6)))
+    assert len(maps) == 2 and maps[0].shape == (2, 4, 6, 6)
+    for m in maps:
+        np.testing.assert_allclose(m.sum(axis=-1), 1.0, rtol=1e-5)
+        np.testing.assert_array_equal(np.triu(np.asarray(m), k=1), 0.0)  # no weight on later positions
+
+
+def test_weight_tying():
+    tied = GPT(CONFIGS["gpt2"], rngs=nnx.Rngs(0))
+    assert tied.head is None
+    # The logits are the final stream times the embedding matrix: scaling the embedding row of token 3 by 2 while
+    # keeping the input free of token 3 doubles column 3 of the logits and nothing else.
+    tokens = jnp.array([[0, 1, 2]])
+    before = forward(tied, tokens)
+    tied.embed.embedding[...] = tied.embed.embedding[...].at[3].multiply(2.0)
+    after = forward(tied, tokens)
+    np.testing.assert_allclose(after[..., 3], 2 * before[..., 3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.delete(after, 3, axis=-1), np.delete(before, 3, axis=-1), rtol=1e-6)
+    untied = GPT(CONFIGS["mqa-jax"], rngs=nnx.Rngs(0))
+    assert untied.head.kernel.shape == (16, 50)
+
+
+def test_token_and_length_errors():
+    model = GPT(CONFIGS["gpt2"], rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"ids in \[0, 49\] \(the vocabulary\); got values from 0 to 50"):
+        model(jnp.array([[0, 50]]))
+    with pytest.raises(ValueError, match="got values from -1 to 3"):
+        model(jnp.array([[-1, 3]]))
+    with pytest.raises(ValueError, match="tokens has T=17 positions but the model's max_len is 16"):
+        model(jnp.zeros((1, 17), jnp.int32))
+    with pytest.raises(ValueError, match=r"tokens must be an integer array of shape \(B, T\)"):
+        model(jnp.zeros((1, 4)))
+    with pytest.raises(ValueError, match=r"mask must broadcast to \(B, N, T, S\) = \(1, 4, 4, 4\)"):
+        model(jnp.zeros((1, 4), jnp.int32), mask=jnp.ones((1, 1, 4, 5), bool))
+    with pytest.raises(ValueError, match="cache must be a tuple of 2 KVCache"):
+        model(jnp.zeros((1, 4), jnp.int32), cache=model.init_cache(1)[:1])
+
+
+def test_padding_mask_hides_padding_from_real_tokens():
+    from labkit.attention import padding_mask
+
+    model = GPT(CONFIGS["llama"], rngs=nnx.Rngs(0))
+    short = tokens_for(model.config, (1, 5))
+    padded = np.concatenate([short, np.zeros((1, 3), np.int32)], axis=1)  # right padding: no effect by causality
+    np.testing.assert_allclose(forward(model, padded)[:, :5], forward(model, short), atol=1e-5)
+    # A mask that also hides key 0 from every query changes every position after 0.
+    mask = padding_mask(np.array([8]), 8) & (np.arange(8) > 0)[None, None, None, :]
+    masked = nnx.jit(lambda model, tokens, mask: model(tokens, mask=mask))(model, padded, mask)
+    assert not np.allclose(masked[:, 1:5], forward(model, short)[:, 1:5], atol=1e-3)
+
+
+def test_training_lowers_the_loss_and_dropout_only_in_training():
+    config = dataclasses.replace(CONFIGS["llama"], dropout=0.1)
+    model = GPT(config, rngs=nnx.Rngs(params=0, dropout=1))
+    tokens = tokens_for(config, (4, 12), seed=3)
+
+    def loss_fn(model, x, y):
+        logits = model(x)
+        return cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    step = make_train_step(loss_fn)
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    losses = [float(step(model, optimizer, tokens[:, :-1], tokens[:, 1:])) for _ in range(25)]
+    assert losses[-1] < 0.5 * losses[0]
+    assert not np.allclose(forward(model, tokens), forward(model, tokens))  # dropout draws new masks
+    model.eval()
+    np.testing.assert_array_equal(forward(model, tokens), forward(model, tokens))
+
+
+def test_bfloat16_compute_gives_float32_logits_close_to_float32():
+    config = CONFIGS["llama"]
+    model32 = GPT(config, rngs=nnx.Rngs(0))
+    model16 = GPT(dataclasses.replace(config, dtype=jnp.bfloat16), rngs=nnx.Rngs(0))
+    tokens = tokens_for(config)
+    logits16 = forward(model16, tokens)
+    assert logits16.dtype == jnp.float32
+    np.testing.assert_allclose(logits16, forward(model32, tokens), atol=0.1)
