@@ -96,7 +96,9 @@ def rotary_angles(positions: Int[Array, "*B T"], head_width: int, *, base: float
 
 def apply_rotary(x: Float[Array, "B T N H"], positions: Int[Array, "*B T"], *,
                  base: float = 10_000.0) -> Float[Array, "B T N H"]:
-    """Rotate each pair (x[i], x[i + H/2]) of every head by its position's angle (the half-split layout of GPT-NeoX and Hugging Face's LLaMA).
+    """Rotate each pair (x[i], x[i + H/2]) of every head by its position's angle.
+
+    This is the half-split layout of GPT-NeoX and Hugging Face's LLaMA (Meta's reference code pairs neighbours).
 
     ``positions`` is (T,) for the whole batch or (B, T) per row.
     """
