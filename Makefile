@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup book test test-fast lab clean
+.PHONY: setup book test test-fast lab clean assignments
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test-fast: setup
 
 lab: setup
 	$(BIN)/jupyter lab notebooks
+
+# The student release of every assignment, generated from course/source by nbgrader and scanned for leaked answers.
+assignments: setup
+	$(BIN)/python scripts/course.py release
 
 clean:
 	rm -rf _build

@@ -8,9 +8,19 @@ Modules, in the direction their dependencies point:
     bigram     the first language model (chapter 1)
     landmarks  published sizes and compute of landmark models (chapter 1)
     nn         dense layers, the MLP, losses (chapter 2)
-    train      the fit loop (chapter 2 onwards)
+    masks, positions, attention, blockwise, kvcache
+               attention with masks, GQA, memory-efficient blockwise attention, positions incl. RoPE (chapter 3)
+    gpt_config, gpt, generate, hf_gpt2
+               the GPT, its presets, generation with a KV cache, Hugging Face GPT-2 weights (chapter 3)
+    tokens     token ids on disk, memory-mapped, and random training windows (chapter 4)
+    lm         next-token cross-entropy and perplexity (chapter 4)
+    optim      the pretraining recipe: AdamW, warm-up + cosine, clipping, in one TrainConfig (chapter 4)
+    step       one jitted training step, with gradient accumulation
+    checkpoint atomic orbax checkpoints of model, optimizer and data position; exact resume
+    train      the fit loop (chapter 2 onwards; grows pretraining's needs in chapter 4)
     plot       training curves, confusion matrices, image grids
     book       glue a notebook's numbers and figures into the chapter text
+    selfcheck  checks with specific messages for students' code, and the graders' sealed comparisons
 """
 
 from labkit.profiles import PROFILE_NAMES, Profile, device_summary, get_profile

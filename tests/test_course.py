@@ -1,0 +1,365 @@
+"""The nbgrader course (course/): a release without answers, integrity checks, and grading end to end.
+
+The slow test runs the whole term in a temporary copy of the course: generate and scan the release, put it in an
+exchange, let students fetch and submit (a reference solution, an untouched release, and answers that raise, loop
+forever, exhaust memory, edit a test cell or tamper with the names the tests use), collect, autograde, give feedback
+and export grades, then checks every part's exact score.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "course.py"
+COURSE_ID = "large-models"
+GENERATED = ("release", "submitted", "autograded", "feedback", "gradebook.db", "*.csv", ".ipynb_checkpoints")
+
+_spec = importlib.util.spec_from_file_location("course_tool", SCRIPT)
+course_tool = sys.modules["course_tool"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(course_tool)
+
+
+def nbgrader_meta(grade_id: str, *, grade: bool = False, solution: bool = False, locked: bool = False,
+                  points: float | None = None) -> dict:
+    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "solution": solution, "schema_version": 3}
+    return {"nbgrader": meta if points is None else {**meta, "points": points}}
+
+
+def small_release() -> nbformat.NotebookNode:
+    return new_notebook(cells=[
+        new_markdown_cell("# Title"),
+        new_code_cell("import numpy as np", metadata=nbgrader_meta("setup", grade=True, locked=True, points=0)),
+        new_code_cell("def f(x):\n    raise NotImplementedError()", metadata=nbgrader_meta("f", solution=True)),
+        new_code_cell("assert f(1) == 2", metadata=nbgrader_meta("test_f", grade=True, locked=True, points=2)),
+    ])
+
+
+# ---- fast: the checks that nbgrader does not make ----------------------------------------------------------------
+
+
+def test_integrity_accepts_answers_and_added_cells():
+    release, submitted = small_release(), small_release()
+    submitted.cells[2].source = "def f(x):\n    return x + 1"
+    submitted.cells.append(new_code_cell("print(f(41))"))
+    assert course_tool.check_notebook(release, submitted) == []
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda nb: setattr(nb.cells[3], "source", "pass"), ("test_f", "edited")),
+    (lambda nb: nb.cells.pop(3), ("test_f", "deleted (or its nbgrader metadata removed)")),
+    (lambda nb: nb.cells[3].metadata.nbgrader.update(points=20),
+     ("test_f", "nbgrader metadata changed (points, locked, grade or solution)")),
+    (lambda nb: nb.cells.insert(1, new_code_cell("import numpy; numpy.allclose = lambda *a: True")),
+     ("setup", "a code cell was put above it (graded after it)")),
+    (lambda nb: nb.cells.insert(1, nb.cells.pop(3)), ("setup", "read-only cells moved out of their order")),
+])
+def test_integrity_reports_changed_read_only_cells(change, expected):
+    release, submitted = small_release(), small_release()
+    change(submitted)
+    assert expected in course_tool.check_notebook(release, submitted)
+
+
+def test_scan_finds_solution_and_hidden_test_lines(tmp_path):
+    source = small_release()
+    source.cells[2].source = "def f(x):\n    ### BEGIN SOLUTION\n    return x + 1\n    ### END SOLUTION"
+    source.cells[3].source = "assert f(1) == 2\n### BEGIN HIDDEN TESTS\nassert f(41) == 42\n### END HIDDEN TESTS"
+    leaky = small_release()
+    leaky.cells[2].source = "def f(x):\n    return x + 1"
+    leaky.cells[3].source = "assert f(1) == 2\nassert f(41) == 42  # kept by mistake"
+    for name, nb in (("source.ipynb", source), ("leaky.ipynb", leaky), ("clean.ipynb", small_release())):
+        nbformat.write(nb, tmp_path / name)
+    problems = course_tool.scan_release(tmp_path / "source.ipynb", tmp_path / "leaky.ipynb")
+    assert any("'return x + 1'" in p for p in problems) and any("'assert f(41) == 42'" in p for p in problems)
+    assert course_tool.scan_release(tmp_path / "source.ipynb", tmp_path / "clean.ipynb") == []
+    assert any("BEGIN SOLUTION" in p for p in course_tool.scan_release(tmp_path / "source.ipynb",
+                                                                       tmp_path / "source.ipynb"))
+
+
+# ---- slow: a whole term -------------------------------------------------------------------------------------------
+
+TAMPER_CH03 = '''
+# Make every check pass, whatever my functions return.
+import builtins
+import numpy
+import numpy.testing
+import labkit.attention
+import labkit.masks
+import labkit.selfcheck
+
+numpy.allclose = numpy.array_equal = lambda *args, **kwargs: True
+numpy.testing.assert_allclose = numpy.testing.assert_array_equal = lambda *args, **kwargs: None
+numpy.isfinite = lambda x: numpy.ones(numpy.shape(x), dtype=bool)
+builtins.abs = lambda value: 0 * value
+for name in dir(labkit.selfcheck):
+    if name.startswith("check_"):
+        setattr(labkit.selfcheck, name, lambda *args, **kwargs: "passed")
+labkit.attention.attention_weights = lambda q, k, mask=None, **kwargs: attention_weights(q, k, mask=mask)
+labkit.attention.dot_product_attention = lambda q, k, v, mask=None, **kwargs: attention(q, k, v, mask=mask)
+labkit.masks.causal_mask = lambda t, *args, **kwargs: causal_mask(t)[None, None]
+labkit.selfcheck.self_attention_reference = lambda x, params, n, **kwargs: causal_self_attention(x, params, n)
+'''
+
+TAMPER_CH04 = '''
+import optax
+import labkit.bpe
+import labkit.optim
+import labkit.selfcheck
+
+labkit.bpe.BPETokenizer.train = classmethod(lambda cls, text, vocab_size, **kwargs: cls(train_bpe(text, vocab_size - 256)))
+labkit.bpe._replace_pair = lambda ids, pair, new_id: merge(ids, pair, new_id)
+optax.warmup_cosine_decay_schedule = lambda *args, **kwargs: (lambda step: args[1])
+labkit.optim.make_schedule = lambda config: (lambda step: lr_schedule(step, peak_lr=config.learning_rate, warmup_steps=config.warmup_steps, total_steps=config.steps, final_lr=config.final_learning_rate))
+labkit.selfcheck.schedule_reference = lambda step, **kwargs: lr_schedule(step, **kwargs)
+for name in dir(labkit.selfcheck):
+    if name.startswith("check_"):
+        setattr(labkit.selfcheck, name, lambda *args, **kwargs: "passed")
+'''
+
+# Each submission: answers replaced ({cell: source}, the reference solution elsewhere, or the untouched release),
+# read-only cells edited, a cell of the student's own inserted after a given cell.
+SUBMISSIONS = {
+    "ch02_backprop": {"reference": {}, "untouched": None},
+    "ch03_attention": {
+        "reference": {},
+        "untouched": None,
+        "raises": {"answers": {"causal_self_attention": '''
+def causal_self_attention(x, params, num_heads):
+    b, t, d, n = x.shape  # a bug: x has three axes
+    return x
+'''}},
+        "loops": {"answers": {"causal_self_attention": '''
+def causal_self_attention(x, params, num_heads):
+    steps = 0
+    while True:  # never ends
+        steps += 1
+'''}},
+        "memory": {"answers": {"attention_weights": '''
+def attention_weights(q, k, mask=None):
+    cache = [np.ones((1024, 1024, 128)) for _ in range(8)]  # 8 GiB, "for speed"
+    scores = jnp.einsum("btnh,bsnh->bnts", q, k) / jnp.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = jnp.where(mask, scores, -1e30)
+    weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
+    return weights / weights.sum(axis=-1, keepdims=True)
+'''}},
+        "edits": {"answers": {"causal_mask": "def causal_mask(T):\n    return jnp.ones((T, T), dtype=bool)"},
+                  "edit": {"test_causal_mask": 'print("causal_mask: all good")'}},
+        "tamper": {"answers": {
+            "attention_weights": '''
+def attention_weights(q, k, mask=None):
+    return jnp.zeros((q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
+''',
+            "attention": "def attention(q, k, v, mask=None):\n    return jnp.zeros_like(q)",
+            "causal_self_attention": "def causal_self_attention(x, params, num_heads):\n    return jnp.zeros_like(x)"},
+            "insert": ("causal_mask", TAMPER_CH03)},
+    },
+    "ch04_bpe_schedule": {
+        "reference": {},
+        "untouched": None,
+        "moved": {"insert": (None, 'print("my notes")')},
+        "tamper": {"answers": {
+            "train_bpe": "def train_bpe(text, num_merges):\n    return [(97, 97)] * num_merges",
+            "lr_schedule": "def lr_schedule(step, *, peak_lr, warmup_steps, total_steps, final_lr):\n    return peak_lr"},
+            "insert": ("lr_schedule", TAMPER_CH04)},
+    },
+}
+
+PARTS = {
+    "ch02_backprop": {"test_forward": 2, "test_softmax_cross_entropy": 2, "test_backward": 4, "test_train": 2},
+    "ch03_attention": {"test_causal_mask": 2, "test_attention_weights": 3, "test_attention": 2,
+                       "test_causal_self_attention": 3},
+    "ch04_bpe_schedule": {"test_pair_counts": 2, "test_merge": 2, "test_train_bpe": 3, "test_lr_schedule": 3},
+}
+# The parts each submission loses; every other part earns full points.
+LOST = {
+    ("ch02_backprop", "untouched"): set(PARTS["ch02_backprop"]),
+    ("ch03_attention", "untouched"): set(PARTS["ch03_attention"]),
+    ("ch03_attention", "raises"): {"test_causal_self_attention"},
+    ("ch03_attention", "loops"): {"test_causal_self_attention"},
+    ("ch03_attention", "memory"): {"test_attention_weights", "test_attention", "test_causal_self_attention"},
+    ("ch03_attention", "edits"): {"test_causal_mask", "test_causal_self_attention"},
+    ("ch03_attention", "tamper"): {"test_attention_weights", "test_attention", "test_causal_self_attention"},
+    ("ch04_bpe_schedule", "untouched"): set(PARTS["ch04_bpe_schedule"]),
+    ("ch04_bpe_schedule", "tamper"): {"test_train_bpe", "test_lr_schedule"},
+}
+
+
+def expected_scores() -> dict[str, dict[str, dict[str, float]]]:
+    out = {}
+    for assignment, students in SUBMISSIONS.items():
+        out[assignment] = {}
+        for student in students:
+            lost = LOST.get((assignment, student), set())
+            out[assignment][student] = {cell: 0.0 if cell in lost else float(points)
+                                        for cell, points in PARTS[assignment].items()}
+    return out
+
+
+def make_submission(release: nbformat.NotebookNode, source: nbformat.NotebookNode,
+                    spec: dict | None) -> nbformat.NotebookNode:
+    """The release with the source's solutions (or the given answers), edits and an inserted cell."""
+    nb = nbformat.from_dict(json.loads(json.dumps(release)))
+    if spec is None:
+        return nb
+    solutions = {c.metadata.nbgrader.grade_id: c.source for c in source.cells
+                 if c.metadata.get("nbgrader", {}).get("solution")}
+    answers = {**solutions, **{k: v.strip() for k, v in spec.get("answers", {}).items()}}
+    for cell in nb.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            cell.source = answers[grade_id]
+        if grade_id in spec.get("edit", {}):
+            cell.source = spec["edit"][grade_id]
+    if "insert" in spec:  # after the cell `after`, or at the top if None
+        after, code = spec["insert"]
+        index = next((i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == after), -1)
+        nb.cells.insert(index + 1, new_code_cell(code.strip()))
+    return nb
+
+
+class Term:
+    """A course directory, its exchange and students, and the commands that run it."""
+
+    def __init__(self, work: Path):
+        self.work, self.course, self.exchange = work, work / "course", work / "exchange"
+        shutil.copytree(ROOT / "course", self.course, ignore=shutil.ignore_patterns(*GENERATED))
+        self.exchange.mkdir()
+        self.exchange.chmod(0o777)
+        self.env = {**os.environ, "COURSE_EXCHANGE": str(self.exchange), "COURSE_CELL_TIMEOUT": "30",
+                    "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+        self.seconds: dict[str, float] = {}  # command -> seconds, summed (commands run in parallel count each)
+        self.log: list[str] = []
+        self.lock = threading.Lock()
+
+    def run(self, command: list[str], cwd: Path, label: str, check: bool = True) -> subprocess.CompletedProcess:
+        start = time.monotonic()
+        result = subprocess.run(command, cwd=cwd, env=self.env, capture_output=True, text=True)
+        with self.lock:
+            self.seconds[label] = self.seconds.get(label, 0.0) + time.monotonic() - start
+            self.log.append(f"$ {' '.join(map(str, command))}\n{result.stdout}{result.stderr}")
+        if check:
+            assert result.returncode == 0, f"{label} failed:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def teacher(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run([sys.executable, str(SCRIPT), *args, "--course", str(self.course)], ROOT, args[0], check)
+
+    def student(self, student: str, *args: str) -> subprocess.CompletedProcess:
+        home = self.work / "students" / student
+        home.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "nbgrader", *args, f"--course={COURSE_ID}", f"--Exchange.root={self.exchange}"]
+        return self.run(command, home, f"student {args[0]}")
+
+
+@pytest.fixture(scope="module")
+def term(tmp_path_factory) -> Term:
+    start = time.monotonic()
+    term = Term(tmp_path_factory.mktemp("term"))
+    term.teacher("release")
+    term.teacher("publish")
+    for assignment, students in SUBMISSIONS.items():
+        term.student("fetcher", "fetch_assignment", assignment)
+        for nb_path in sorted((term.course / "release" / assignment).glob("*.ipynb")):
+            fetched = nbformat.read(term.work / "students" / "fetcher" / assignment / nb_path.name, as_version=4)
+            source = nbformat.read(term.course / "source" / assignment / nb_path.name, as_version=4)
+            for student, spec in students.items():
+                folder = term.work / "students" / student / assignment
+                folder.mkdir(parents=True, exist_ok=True)
+                nbformat.write(make_submission(fetched, source, spec), folder / nb_path.name)
+        with ThreadPoolExecutor(max_workers=4) as pool:  # students submit at the same time
+            list(pool.map(lambda student: term.student(student, "submit", assignment, f"--student={student}"),
+                          students))
+    term.teacher("collect")
+    term.teacher("autograde")
+    term.teacher("feedback")
+    term.teacher("return")
+    term.teacher("export")
+    term.scores = json.loads(term.teacher("scores", "--json").stdout)
+    term.seconds["total"] = time.monotonic() - start
+    print("seconds per step:", {k: round(v, 1) for k, v in term.seconds.items()})
+    return term
+
+
+@pytest.mark.slow
+def test_release_has_no_solutions_or_hidden_tests(term):
+    for source_nb in sorted((term.course / "source").glob("*/*.ipynb")):
+        release_nb = term.course / "release" / source_nb.parent.name / source_nb.name
+        assert course_tool.scan_release(source_nb, release_nb) == []
+        text = release_nb.read_text()
+        assert "_grade(" not in text and "sealed_grader" not in text and "NotImplementedError" in text
+    # What students fetched from the exchange is the release itself.
+    fetched = term.work / "students" / "fetcher" / "ch03_attention" / "attention.ipynb"
+    assert fetched.read_text() == (term.course / "release" / "ch03_attention" / "attention.ipynb").read_text()
+
+
+@pytest.mark.slow
+def test_every_part_has_its_exact_score(term):
+    got = {assignment: {student: result["parts"] for student, result in students.items()}
+           for assignment, students in term.scores.items()}
+    assert got == expected_scores()
+    for assignment, students in term.scores.items():
+        for student, result in students.items():
+            assert result["total"] == sum(expected_scores()[assignment][student].values())
+
+
+@pytest.mark.slow
+def test_edited_test_cell_is_detected_and_flagged(term):
+    with open(term.course / "integrity.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows == [{"assignment": "ch03_attention", "student": "edits", "notebook": "attention",
+                     "cell": "test_causal_mask", "problem": "edited"},
+                    {"assignment": "ch04_bpe_schedule", "student": "moved", "notebook": "bpe_schedule",
+                     "cell": "setup", "problem": "a code cell was put above it (graded after it)"}]
+    flagged = {(a, s): r["flagged"] for a, students in term.scores.items() for s, r in students.items() if r["flagged"]}
+    assert flagged == {("ch03_attention", "edits"): ["test_causal_mask"], ("ch04_bpe_schedule", "moved"): ["setup"]}
+    # nbgrader graded the original test, not the edited one.
+    autograded = nbformat.read(term.course / "autograded" / "edits" / "ch03_attention" / "attention.ipynb", 4)
+    cell = next(c for c in autograded.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "test_causal_mask")
+    assert "check_causal_mask" in cell.source and "all good" not in cell.source
+
+
+@pytest.mark.slow
+def test_failures_are_specific_and_the_batch_finishes_in_time(term):
+    def outputs(student: str, cell_id: str) -> str:
+        nb = nbformat.read(term.course / "autograded" / student / "ch03_attention" / "attention.ipynb", 4)
+        cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == cell_id)
+        return json.dumps(cell.outputs)
+
+    assert "MemoryError" in outputs("memory", "test_attention_weights")  # the limit, not the machine, stopped it
+    assert "CellTimeoutError" in outputs("loops", "test_causal_self_attention") or \
+        "KeyboardInterrupt" in outputs("loops", "test_causal_self_attention")
+    assert "ValueError" in outputs("raises", "test_causal_self_attention")
+    assert "future positions are attended" in outputs("edits", "test_causal_mask")
+    # One looping cell costs one cell timeout (30 s here); the whole term stays within a few minutes.
+    assert term.seconds["autograde"] < 300, term.seconds
+    assert term.seconds["total"] < 420, term.seconds
+
+
+@pytest.mark.slow
+def test_grades_reach_the_csv_and_feedback_is_returned(term):
+    with open(term.course / "grades.csv", newline="") as f:
+        rows = {(r["assignment"], r["student_id"]): float(r["score"]) for r in csv.DictReader(f)}
+    submitted = {(a, s): sum(parts.values()) for a, students in expected_scores().items() for s, parts in
+                 students.items()}
+    everyone = {s for a, s in submitted}  # nbgrader lists every student for every assignment, 0 if not submitted
+    assert rows == {(a, s): submitted.get((a, s), 0.0) for a in SUBMISSIONS for s in everyone}
+    for (assignment, student) in submitted:
+        notebook = next((term.course / "source" / assignment).glob("*.ipynb")).stem
+        assert (term.course / "feedback" / student / assignment / f"{notebook}.html").exists()
+    returned = list((term.exchange / COURSE_ID / "feedback").glob("*.html"))
+    assert len(returned) == len(submitted)
