@@ -24,10 +24,12 @@ serves a request that large with a new mmap and returns it with munmap when the 
 touches ~85,000 fresh pages: a quarter of the CPU time went to the kernel. The script therefore re-runs itself with
 ``GLIBC_TUNABLES`` set so that glibc keeps one heap and reuses freed memory (``MALLOC_TUNING`` below; Linux with
 glibc only; ``--no-malloc-tuning`` to compare, or set the variable yourself before starting Jupyter). That alone
-made a step about 25% faster.
+made a step 20-30% faster.
 
 What was measured on the 2-core machine this course is built on (AMD EPYC, idle, reference ~200 GFLOP/s), ratios
-with the malloc tuning (without): about 0.34 (0.30) at T = 256, 0.44 (0.34) at T = 128, 0.50 (0.39) at T = 64.
+with the malloc tuning (without): about 0.36 (0.28) at T = 256, 0.40 (0.33) at T = 128, 0.45 (0.38) at T = 64,
+i.e. 12k-17k tokens/s. (When other processes load the CPU, the reference slows down more than training does and
+the ratio rises: trust the rows whose ``others`` is near 0%.)
 A profile of the step (jax.profiler) shows what is left: the products with the weights run at about the speed of
 the reference, but attention's T x T work (batched products with a contraction of only H = 32, masking and
 softmax over B x N x T x T scores) runs at 1/5 to 1/6 of it and takes 45% of the step at T = 256, 20% at T = 64;
