@@ -59,9 +59,15 @@ class FeedForward(nnx.Module):
 
 
 class Block(nnx.Module):
-    """One pre-norm Transformer block: x + attention(norm(x)), then x + feed_forward(norm(x))."""
+    """One pre-norm Transformer block: x + attention(norm(x)), then x + feed_forward(norm(x)).
 
-    def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
+    ``causal=False`` makes it an encoder block (every position sees every other), as in a Vision Transformer.
+    """
+
+    def __init__(self, config: GPTConfig, *, causal: bool = True, rngs: nnx.Rngs):
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be a bool; got {type(causal).__name__}")
+        self.causal = causal
         self.attn_norm = _norm(config, rngs)
         self.attn = MultiHeadAttention(
             config.width, config.num_heads, num_kv_heads=config.num_kv_heads, use_bias=config.bias,
@@ -76,7 +82,7 @@ class Block(nnx.Module):
     def __call__(self, x: Float[Array, "B T D"], *, mask: Array | None = None,
                  cache: KVCache | None = None) -> Any:
         """The new residual stream (B, T, D); with a ``cache``, (stream, updated cache)."""
-        attended = self.attn(self.attn_norm(x), mask=mask, causal=True, cache=cache)
+        attended = self.attn(self.attn_norm(x), mask=mask, causal=self.causal, cache=cache)
         if cache is not None:
             attended, cache = attended
         x = x + self.dropout(attended)  # (B, T, D)
@@ -128,6 +134,24 @@ class GPT(nnx.Module):
         ``mask`` (True = may attend, e.g. ``labkit.attention.padding_mask``) is combined with the causal mask; with
         a cache its last axis S is the cache size.
         """
+        if cache is None:
+            x = self.hidden(tokens, mask=mask)  # (B, T, D)
+        else:
+            x, cache = self._run_blocks(tokens, mask, cache)
+        logits = self.embed.attend(x) if self.head is None else self.head(x)  # (B, T, V)
+        logits = logits.astype(jnp.float32)
+        return logits if cache is None else (logits, cache)
+
+    def hidden(self, tokens: Int[Array, "B T"], *, mask: Bool[Array, "#B #N #T #T"] | None = None
+               ) -> Float[Array, "B T D"]:
+        """The final-normed residual stream (B, T, D) that the LM head reads: the features a task head builds on.
+
+        >>> GPT(GPTConfig.ci(), rngs=nnx.Rngs(0)).hidden(jnp.zeros((2, 10), jnp.int32)).shape
+        (2, 10, 32)
+        """
+        return self._run_blocks(tokens, mask, None)[0]
+
+    def _run_blocks(self, tokens: Any, mask: Array | None, cache: tuple[KVCache, ...] | None) -> tuple[Array, Any]:
         self._check(tokens, cache)
         x = self._embed(tokens, 0 if cache is None else cache[0].length)  # (B, T, D)
         new_cache = []
@@ -137,10 +161,7 @@ class GPT(nnx.Module):
             else:
                 x, layer_cache = block(x, mask=mask, cache=cache[i])
                 new_cache.append(layer_cache)
-        x = self.final_norm(x)  # (B, T, D)
-        logits = self.embed.attend(x) if self.head is None else self.head(x)  # (B, T, V)
-        logits = logits.astype(jnp.float32)
-        return logits if cache is None else (logits, tuple(new_cache))
+        return self.final_norm(x), (None if cache is None else tuple(new_cache))  # (B, T, D)
 
     def attention_maps(self, tokens: Int[Array, "B T"], *,
                        mask: Bool[Array, "#B #N #T #T"] | None = None) -> list[Float[Array, "B N T T"]]:
@@ -154,7 +175,7 @@ class GPT(nnx.Module):
         x = self._embed(tokens, 0)  # (B, T, D)
         maps = []
         for block in self.blocks:
-            maps.append(block.attn.weights(block.attn_norm(x), mask=mask, causal=True))  # (B, N, T, T)
+            maps.append(block.attn.weights(block.attn_norm(x), mask=mask, causal=block.causal))  # (B, N, T, T)
             x = block(x, mask=mask)
         return maps
 

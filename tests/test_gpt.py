@@ -1,12 +1,13 @@
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
-from labkit.gpt import GPT, GPTConfig, count_params, param_count
+from labkit.gpt import GPT, Block, GPTConfig, count_params, param_count
 from labkit.nn import cross_entropy
 from labkit.profiles import get_profile
 from labkit.train import make_train_step
@@ -188,3 +189,23 @@ def test_bfloat16_compute_gives_float32_logits_close_to_float32():
     logits16 = forward(model16, tokens)
     assert logits16.dtype == jnp.float32
     np.testing.assert_allclose(logits16, forward(model32, tokens), atol=0.1)
+
+
+def test_hidden_is_what_the_head_reads():
+    model = GPT(GPTConfig.ci(), rngs=nnx.Rngs(0))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 12)), jnp.int32)
+    hidden = model.hidden(tokens)
+    assert hidden.shape == (2, 12, 32)
+    np.testing.assert_allclose(model.embed.attend(hidden), model(tokens), atol=1e-5)
+
+
+def test_an_encoder_block_sees_the_future_and_a_decoder_block_does_not():
+    config = GPTConfig.ci()
+    x = jax.random.normal(jax.random.key(0), (1, 6, config.width))
+    later_changed = x.at[:, -1].set(jax.random.normal(jax.random.key(1), (1, config.width)))
+    for causal in (True, False):
+        block = Block(config, causal=causal, rngs=nnx.Rngs(0))
+        first_moved = not np.allclose(block(x)[:, 0], block(later_changed)[:, 0])
+        assert first_moved is (not causal)
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        Block(config, causal="no", rngs=nnx.Rngs(0))
