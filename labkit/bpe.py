@@ -15,48 +15,21 @@ its UTF-8 bytes (ids 0..255), and the learned merges are applied inside each pre
 from __future__ import annotations
 
 import codecs
-import heapq
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import AbstractSet, Collection, Iterable, Literal, Sequence
 
 import numpy as np
 import regex
 
+from labkit.bpe_files import _check_path, _read_json, gpt2_bytes_to_unicode, read_gpt2_files
+from labkit.bpe_train import _learn_merges, _replace_pair
+
 # GPT-2's pre-tokenizer (openai/gpt-2, src/encoder.py); tiktoken's r50k_base uses the same expression.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 _CACHE_SIZE = 1 << 18  # pre-tokens remembered by encode; the cache is emptied when it fills
-
-
-def gpt2_bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's map from each byte to a printable character, used to write tokens in encoder.json and vocab.bpe.
-
-    >>> m = gpt2_bytes_to_unicode()
-    >>> m[ord("a")], m[ord(" ")], m[ord("\\n")]
-    ('a', 'Ġ', 'Ċ')
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
-
-
-def _replace_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """``ids`` with every occurrence of ``pair``, scanned left to right, replaced by ``new_id``.
-
-    >>> _replace_pair([97, 97, 97, 98], (97, 97), 256)
-    [256, 97, 98]
-    """
-    out, i, n = [], 0, len(ids)
-    while i < n:
-        if i + 1 < n and ids[i] == pair[0] and ids[i + 1] == pair[1]:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
 
 
 def _split_on(text: str, names: Iterable[str]) -> list[str]:
@@ -69,77 +42,6 @@ def _split_on(text: str, names: Iterable[str]) -> list[str]:
     if not names:
         return [text]
     return regex.split("(" + "|".join(regex.escape(name) for name in names) + ")", text)
-
-
-def _learn_merges(word_counts: dict[tuple[int, ...], int], n_merges: int) -> list[tuple[int, int]]:
-    """Up to ``n_merges`` merges, each the most frequent adjacent pair (ties: the smallest pair of ids)."""
-    words = [list(word) for word in word_counts]
-    freqs = list(word_counts.values())
-    counts: dict[tuple[int, int], int] = defaultdict(int)  # pair -> occurrences in the corpus
-    where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> indices of the words that hold it
-    for i, word in enumerate(words):
-        for pair in zip(word, word[1:]):
-            counts[pair] += freqs[i]
-            where[pair].add(i)
-    # A max-heap by (count, then smallest pair). Entries go stale when a count changes; a changed count pushes a
-    # fresh entry, and a popped entry whose count is no longer current is skipped.
-    heap = [(-count, pair) for pair, count in counts.items()]
-    heapq.heapify(heap)
-    merges: list[tuple[int, int]] = []
-    while heap and len(merges) < n_merges:
-        neg_count, pair = heapq.heappop(heap)
-        if counts.get(pair, 0) != -neg_count:
-            continue
-        new_id = 256 + len(merges)
-        merges.append(pair)
-        touched: set[tuple[int, int]] = set()
-        for i in where.pop(pair):  # the order of words and pushes cannot change the result: counts are sums
-            touched |= _merge_in_word(words, freqs, i, pair, new_id, counts, where)
-        for changed in touched:
-            if counts.get(changed, 0) > 0:
-                heapq.heappush(heap, (-counts[changed], changed))
-    return merges
-
-
-def _merge_in_word(
-    words: list[list[int]], freqs: list[int], i: int, pair: tuple[int, int], new_id: int,
-    counts: dict[tuple[int, int], int], where: dict[tuple[int, int], set[int]],
-) -> set[tuple[int, int]]:
-    """Merge ``pair`` in word ``i`` and update the pair counts and index; returns the pairs whose count changed."""
-    old, new = words[i], _replace_pair(words[i], pair, new_id)
-    words[i] = new
-    delta = Counter(zip(new, new[1:]))
-    delta.subtract(Counter(zip(old, old[1:])))
-    new_pairs = set(zip(new, new[1:]))
-    changed = set()
-    for p, d in delta.items():
-        if d == 0:
-            continue
-        changed.add(p)
-        counts[p] += d * freqs[i]
-        if counts[p] == 0:
-            del counts[p]
-        if d > 0:
-            where[p].add(i)
-        elif p not in new_pairs and p != pair:
-            where[p].discard(i)
-    return changed
-
-
-def _check_path(path: str | Path, argument: str) -> Path:
-    if not isinstance(path, (str, Path)):
-        raise TypeError(f"{argument} must be a str or Path; got {type(path).__name__}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{argument}: no file at {path}")
-    return path
-
-
-def _read_json(path: Path, argument: str):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{argument} {path} must be a JSON file; it does not parse: {error}") from None
 
 
 def _compiled(pattern: str) -> regex.Pattern:
@@ -430,35 +332,8 @@ class BPETokenizer:
     @classmethod
     def from_gpt2_files(cls, encoder_json: str | Path, vocab_bpe: str | Path) -> "BPETokenizer":
         """The tokenizer of GPT-2's own ``encoder.json`` (token -> id) and ``vocab.bpe`` (merges, one a line)."""
-        encoder_path, merges_path = _check_path(encoder_json, "encoder_json"), _check_path(vocab_bpe, "vocab_bpe")
-        encoder = _read_json(encoder_path, "encoder_json")
-        if not isinstance(encoder, dict) or not all(type(i) is int for i in encoder.values()):
-            raise ValueError(f"encoder_json {encoder_path} must hold a JSON object of token -> int id")
-
-        def id_of(token: str, where: str) -> int:
-            if token not in encoder:
-                raise ValueError(f"{where}: token {token!r} is not in encoder_json {encoder_path}")
-            return encoder[token]
-
-        to_char = gpt2_bytes_to_unicode()
-        byte_ids = [id_of(to_char[b], f"byte {b}") for b in range(256)]
-        merges: list[tuple[int, int]] = []
-        for number, line in enumerate(merges_path.read_text(encoding="utf-8").split("\n"), start=1):
-            where = f"vocab_bpe {merges_path} line {number}"
-            if (number == 1 and line.startswith("#version")) or not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2:
-                raise ValueError(f"{where} must be two tokens separated by a space; got {line!r}")
-            if id_of(parts[0] + parts[1], where) != 256 + len(merges):
-                raise ValueError(f"{where}: GPT-2 gives merge k the id 256 + k = {256 + len(merges)}; "
-                                 f"encoder_json gives {parts[0] + parts[1]!r} the id {encoder[parts[0] + parts[1]]}")
-            merges.append((id_of(parts[0], where), id_of(parts[1], where)))
-        specials = {token: i for token, i in encoder.items() if i >= 256 + len(merges)}
-        if len(encoder) != 256 + len(merges) + len(specials):
-            raise ValueError(f"encoder_json {encoder_path} must hold the 256 bytes, the {len(merges)} merges and "
-                             f"then only special tokens; it has {len(encoder)} entries, some of them extra")
-        return cls(merges, special_tokens=specials, byte_ids=byte_ids)
+        merges, special_tokens, byte_ids = read_gpt2_files(encoder_json, vocab_bpe)
+        return cls(merges, special_tokens=special_tokens, byte_ids=byte_ids)
 
     # ---- comparison --------------------------------------------------------------------------------------------
 

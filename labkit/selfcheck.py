@@ -14,9 +14,8 @@ labkit.selfcheck.SelfCheckFailed: check_causal_mask: future positions are attend
 
 from __future__ import annotations
 
-import builtins
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -24,61 +23,48 @@ import numpy as np
 from flax import nnx
 
 from labkit import attention as _attention
-from labkit.bpe import BPETokenizer, _replace_pair
 from labkit.masks import causal_mask as _causal_mask
 from labkit.nn import cross_entropy
+from labkit.grading import sealed_grader
+from labkit.selfcheck_ch04 import (check_lr_schedule, check_merge, check_pair_counts, check_train_bpe,
+                                    schedule_reference)
+from labkit.selfcheck_core import SelfCheckFailed, _array, _compare, _fail
+from labkit.selfcheck_lora import (check_lora_forward, check_lora_merge, check_lora_param_count, check_lora_step,
+                                   lora_case, lora_forward_reference, lora_merge_reference,
+                                   lora_param_count_reference, lora_step_reference)
 
-
-class SelfCheckFailed(AssertionError):
-    """A self-check found a mistake; the message names it and, where it can, suggests the cause."""
-
-
-def _fail(check: str, message: str) -> None:
-    raise SelfCheckFailed(f"{check}: {message}")
-
-
-def _array(check: str, what: str, value: Any, shape: tuple[int, ...] | None = None, hint: str = "") -> np.ndarray:
-    """``value`` as a NumPy array of ``shape``, or a SelfCheckFailed that says what came back instead."""
-    if isinstance(value, tuple) and shape is not None and len(shape) != 1:
-        _fail(check, f"{what} must be one array of shape {shape}; got a tuple of {len(value)} items")
-    try:
-        array = np.asarray(value)
-    except Exception as error:  # a ragged list, an object that is not array-like, ...
-        _fail(check, f"{what} must be an array; got {type(value).__name__} ({error})")
-    if array.dtype == object:
-        _fail(check, f"{what} must be an array of numbers; got {type(value).__name__} holding non-numbers")
-    if shape is not None and array.shape != tuple(shape):
-        _fail(check, f"{what} must have shape {tuple(shape)}; got {array.shape}{hint}")
-    return array
-
-
-def _mismatch(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float) -> tuple[int, ...] | None:
-    """Index of the entry where ``actual`` differs most beyond tolerance, or None if all entries are close."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    excess = np.abs(actual - expected) - (atol + rtol * np.abs(expected))
-    excess = np.where(np.isfinite(actual), excess, np.inf)
-    if excess.size == 0 or excess.max() <= 0:
-        return None
-    return tuple(int(i) for i in np.unravel_index(np.argmax(excess), excess.shape))
-
-
-def _matches(actual: np.ndarray, candidate: Any, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
-    candidate = np.asarray(candidate)
-    return actual.shape == candidate.shape and _mismatch(actual, candidate, rtol, atol) is None
-
-
-def _compare(check: str, what: str, actual: np.ndarray, expected: Any, *, rtol: float = 1e-4, atol: float = 1e-6,
-             likely: Sequence[tuple[Any, str]] = (), hint: str = "") -> None:
-    """Fail at the largest difference; first try the ``likely`` mistakes (candidate value, hint) to explain it."""
-    expected = np.asarray(expected)
-    where = _mismatch(actual, expected, rtol, atol)
-    if where is None:
-        return
-    for candidate, explanation in likely:
-        if _matches(actual, candidate):
-            _fail(check, f"{what}: {explanation}")
-    _fail(check, f"{what}: wrong at index {where}: got {actual[where]:.6g}, expected {expected[where]:.6g} "
-                 f"(the largest difference beyond tolerance){hint}")
+__all__ = [
+    "SelfCheckFailed",
+    "check_attention",
+    "check_attention_weights",
+    "check_backward",
+    "check_causal_mask",
+    "check_causal_self_attention",
+    "check_forward",
+    "check_lora_forward",
+    "check_lora_merge",
+    "check_lora_param_count",
+    "check_lora_step",
+    "check_lr_schedule",
+    "check_merge",
+    "check_pair_counts",
+    "check_softmax_cross_entropy",
+    "check_train",
+    "check_train_bpe",
+    "gradient_descent_reference",
+    "lora_case",
+    "lora_forward_reference",
+    "lora_merge_reference",
+    "lora_param_count_reference",
+    "lora_step_reference",
+    "schedule_reference",
+    "sealed_grader",
+    "self_attention_params",
+    "self_attention_reference",
+    "softmax_cross_entropy_reference",
+    "two_layer_case",
+    "two_layer_reference",
+]
 
 
 # ---- chapter 2: a two-layer network, by hand ---------------------------------------------------------------------
@@ -338,159 +324,3 @@ def check_causal_self_attention(causal_self_attention: Callable) -> str:
              likely=[(self_attention_reference(x, params, 1), f"it matches one head of width D = {d}: split the "
                                                               f"features into N = {n} heads of width H = D / N")])
     return f"{name}: causality and values pass"
-
-
-# ---- chapter 4: a BPE merge step and the learning-rate schedule ---------------------------------------------------
-
-
-def check_pair_counts(pair_counts: Callable) -> str:
-    """``pair_counts(words)``: {pair: count} of adjacent ids, each word's pairs counted ``words[word]`` times."""
-    name = "check_pair_counts"
-    words = {(1, 2, 3): 2, (2, 3): 1, (4,): 5, (7, 7, 7): 1}
-    expected = {(1, 2): 2, (2, 3): 3, (7, 7): 2}
-    counts = pair_counts(dict(words))
-    if not isinstance(counts, Mapping):
-        _fail(name, f"pair_counts must return a dict {{pair: count}}; got {type(counts).__name__}")
-    for pair, count in expected.items():
-        got = counts.get(pair, 0)
-        if got != count:
-            _fail(name, f"pair {pair} must be counted {count} times in {words}; got {got}"
-                        + (" (multiply each pair by its word's count)" if pair == (2, 3) else "")
-                        + (" (overlapping pairs count: (7, 7, 7) holds (7, 7) twice)" if pair == (7, 7) else ""))
-    extra = [pair for pair, count in counts.items() if pair not in expected and count]
-    if extra:
-        _fail(name, f"{extra[0]} is not an adjacent pair inside any word of {words}; never count across words")
-    return f"{name}: the worked example passes"
-
-
-def check_merge(merge: Callable) -> str:
-    """``merge(ids, pair, new_id)``: a new list, every occurrence of ``pair`` (left to right) replaced by ``new_id``."""
-    name = "check_merge"
-    for ids, pair, new_id, hint in (([1, 2, 3, 1, 2], (1, 2), 9, ""), ([1, 1, 1], (1, 1), 7,
-                                    " (scan left to right; a merged pair's ids are not used again)"),
-                                    ([5], (5, 5), 9, ""), ([], (1, 2), 9, ""), ([2, 1], (1, 2), 9, "")):
-        given = list(ids)
-        got = merge(given, pair, new_id)
-        if given != ids:
-            _fail(name, f"merge changed the list it was given ({ids} became {given}); return a new list")
-        expected = _replace_pair(ids, pair, new_id)
-        if list(np.asarray(got, dtype=np.int64).reshape(-1)) != expected:
-            _fail(name, f"merge({ids}, {pair}, {new_id}) must be {expected}; got {list(got)}{hint}")
-    return f"{name}: 5 cases pass"
-
-
-def check_train_bpe(train_bpe: Callable) -> str:
-    """``train_bpe(text, num_merges)``: the merges labkit's BPETokenizer.train learns, in order."""
-    name = "check_train_bpe"
-    for text, n in (("aaabdaaabac", 3), ("low lower lowest", 2), ("ab ab ab", 5)):
-        expected = list(BPETokenizer.train(text, vocab_size=256 + n).merges)
-        got = [tuple(int(i) for i in pair) for pair in train_bpe(text, n)]
-        for rank, (want, have) in enumerate(zip(expected, got)):
-            if want != have:
-                _fail(name, f"merge {rank} of {text!r} must be {want}; got {have}. Pick the most frequent pair; on a "
-                            f"tie, the smallest pair (compare the first ids, then the second)")
-        if len(got) != len(expected):
-            _fail(name, f"{text!r} with {n} merges gives {len(expected)} merges (stop when no pair is left); "
-                        f"got {len(got)}")
-    return f"{name}: 3 texts pass"
-
-
-def schedule_reference(step: int, *, peak_lr: float, warmup_steps: int, total_steps: int, final_lr: float) -> float:
-    """labkit.optim.make_schedule's rate at ``step``: warm-up to ``peak_lr``, cosine decay to ``final_lr``."""
-    from labkit.optim import TrainConfig, make_schedule  # here, so that only this check needs the training stack
-
-    config = TrainConfig(steps=total_steps, warmup_steps=warmup_steps, learning_rate=peak_lr,
-                         final_learning_rate=final_lr, batch_size=1, seq_len=1)
-    return float(make_schedule(config)(step))
-
-
-def check_lr_schedule(lr_schedule: Callable) -> str:
-    """``lr_schedule(step, peak_lr=, warmup_steps=, total_steps=, final_lr=)``: warm-up, then cosine decay."""
-    name = "check_lr_schedule"
-    settings = dict(peak_lr=1e-3, warmup_steps=10, total_steps=100, final_lr=1e-4)
-    for step in (0, 4, 9, 10, 55, 100, 150, *range(0, 120, 7)):
-        want = schedule_reference(step, **settings)
-        got = float(lr_schedule(step, **settings))
-        if not abs(got - want) <= 1e-6 * settings["peak_lr"] + 1e-5 * abs(want):
-            phase = ("warm-up: peak_lr * (step + 1) / warmup_steps, so that step 0 already learns and step "
-                     "warmup_steps - 1 reaches the peak" if step < 10 else
-                     "cosine decay: final_lr + (peak_lr - final_lr) * (1 + cos(pi * progress)) / 2, progress 0 at "
-                     "step warmup_steps" if step < 100 else "from total_steps on the rate stays at final_lr")
-            _fail(name, f"at step {step} with {settings} the rate must be {want:.6g}; got {got:.6g} ({phase})")
-    return f"{name}: warm-up, decay and the end pass"
-
-
-# ---- hidden tests ------------------------------------------------------------------------------------------------
-
-
-def sealed_grader(cases: Mapping[str, Sequence[tuple]], *, ran_first: bool = True) -> Callable[[str, Callable], str]:
-    """``grade(part, fn)`` runs ``fn`` on each hidden case of ``part`` and fails at the first wrong answer.
-
-    ``cases[part]`` lists ``(label, args, kwargs, expected, rtol, atol)``: ``fn(*args, **kwargs)`` must come close to
-    ``expected``, an array or a tuple or dict of them. ``ran_first=False`` (the setup cell found that other code had
-    run before it) fails every part. Call this before any student code runs: every function it uses (NumPy's C functions, Python's builtins)
-    is bound now, in this closure, so rebinding names later (``numpy.allclose = ...``, ``builtins.abs = ...``, a
-    labkit function) cannot change how it compares. It defends against rebinding, not against every trick a
-    program can play inside its own process: see the instructor guide.
-    """
-    asarray, array, absolute, isfinite, argmax, unravel = (np.asarray, np.array, np.abs, np.isfinite, np.argmax,
-                                                           np.unravel_index)
-    ndarray, float64 = np.ndarray, np.float64
-    isinstance_, len_, tuple_, list_, dict_, sorted_, type_, int_, str_, range_ = (
-        builtins.isinstance, builtins.len, builtins.tuple, builtins.list, builtins.dict, builtins.sorted,
-        builtins.type, builtins.int, builtins.str, builtins.range)
-
-    def copy(value: Any) -> Any:  # a fresh copy for each call: a function that writes into its inputs changes no case
-        if isinstance_(value, ndarray):
-            return array(value, copy=True)
-        if isinstance_(value, dict_):
-            return {key: copy(item) for key, item in value.items()}
-        if isinstance_(value, (tuple_, list_)):
-            return type_(value)(copy(item) for item in value)
-        return value
-
-    def compare(what: str, actual: Any, expected: Any, rtol: float, atol: float) -> None:
-        if isinstance_(expected, dict_):
-            assert isinstance_(actual, dict_), f"{what}: expected a dict; got {type_(actual).__name__}"
-            assert sorted_(actual) == sorted_(expected), f"{what}: expected keys {sorted_(expected)}"
-            for key in expected:
-                compare(f"{what}[{key!r}]", actual[key], expected[key], rtol, atol)
-            return
-        if isinstance_(expected, tuple_):
-            assert isinstance_(actual, (tuple_, list_)) and len_(actual) == len_(expected), \
-                f"{what}: expected a tuple of {len_(expected)} items"
-            for i in range_(len_(expected)):
-                compare(f"{what}[{i}]", actual[i], expected[i], rtol, atol)
-            return
-        got = asarray(actual)
-        assert got.shape == expected.shape, f"{what}: expected shape {expected.shape}; got {got.shape}"
-        kind = expected.dtype.kind
-        if kind in "biu":  # masks, token ids: exact
-            assert got.dtype.kind == kind or (kind in "iu" and got.dtype.kind in "iu"), \
-                f"{what}: expected dtype kind {kind!r}; got {got.dtype}"
-            bad = got != expected
-        else:
-            got = got.astype(float64)
-            bad = ~isfinite(got) | (absolute(got - expected) > atol + rtol * absolute(expected))
-        if bad.any():
-            where = tuple_(int_(i) for i in unravel(argmax(bad), bad.shape))
-            assert False, f"{what}: wrong at index {where}: got {got[where]}, expected {expected[where]}"
-
-    def freeze(value: Any) -> Any:  # the expected answer: dicts and tuples of arrays; lists and numbers become arrays
-        if isinstance_(value, dict_):
-            return {key: freeze(item) for key, item in value.items()}
-        if isinstance_(value, tuple_):
-            return tuple_(freeze(item) for item in value)
-        return array(value, copy=True)
-
-    frozen = {part: [(str_(label), copy(tuple_(args)), copy(dict_(kwargs)), freeze(expected), rtol, atol)
-                     for label, args, kwargs, expected, rtol, atol in items] for part, items in cases.items()}
-
-    def grade(part: str, fn: Callable) -> str:
-        assert ran_first, "the grading setup cell did not run first (were cells moved above it?): no hidden test passes"
-        assert part in frozen, f"no hidden cases for {part!r}"
-        for label, args, kwargs, expected, rtol, atol in frozen[part]:
-            compare(f"{part} on {label}", fn(*copy(args), **copy(kwargs)), expected, rtol, atol)
-        return f"{part}: hidden cases passed ({len_(frozen[part])})"
-
-    return grade

@@ -52,3 +52,14 @@ def test_launch_buttons_are_configured():
     buttons = config["launch_buttons"]
     assert buttons["colab_url"] and buttons["binderhub_url"] and buttons["jupyterhub_url"]
     assert config["execute"]["execute_notebooks"] == "off"  # scripts/build_book.py executes them
+
+
+def test_no_text_holds_control_characters():
+    # A notebook written by a script with "\text" or "\frac" in a normal string gets a tab or a form feed instead of
+    # the LaTeX command, and the formula silently renders wrong.
+    sources = [*NOTEBOOKS, *(REPO / "course" / "source").glob("*/*.ipynb")]
+    texts = {path: "".join(cell.source for cell in nbformat.read(path, as_version=4).cells) for path in sources}
+    texts |= {path: path.read_text(encoding="utf-8") for path in (REPO / "book").glob("*.md")}
+    for path, text in texts.items():
+        bad = sorted({hex(ord(c)) for c in text if ord(c) < 32 and c != "\n"})
+        assert not bad, f"{path.relative_to(REPO)} holds control characters {bad} (an unescaped backslash?)"

@@ -177,6 +177,12 @@ def attention_weights(q, k, mask=None):
             "lr_schedule": "def lr_schedule(step, *, peak_lr, warmup_steps, total_steps, final_lr):\n    return peak_lr"},
             "insert": ("lr_schedule", TAMPER_CH04)},
     },
+    "ch04_lora": {
+        "reference": {},
+        "untouched": None,
+        # The update is not scaled by alpha / r; lora_step calls lora_forward, so it inherits the bug.
+        "unscaled": {"answers": {"lora_forward": "def lora_forward(x, W, b, A, B, alpha):\n    return x @ W + b + (x @ A) @ B"}},
+    },
 }
 
 PARTS = {
@@ -184,6 +190,7 @@ PARTS = {
     "ch03_attention": {"test_causal_mask": 2, "test_attention_weights": 3, "test_attention": 2,
                        "test_causal_self_attention": 3},
     "ch04_bpe_schedule": {"test_pair_counts": 2, "test_merge": 2, "test_train_bpe": 3, "test_lr_schedule": 3},
+    "ch04_lora": {"test_lora_forward": 2, "test_lora_merge": 2, "test_lora_param_count": 2, "test_lora_step": 4},
 }
 # The parts each submission loses; every other part earns full points.
 LOST = {
@@ -196,6 +203,8 @@ LOST = {
     ("ch03_attention", "tamper"): {"test_attention_weights", "test_attention", "test_causal_self_attention"},
     ("ch04_bpe_schedule", "untouched"): set(PARTS["ch04_bpe_schedule"]),
     ("ch04_bpe_schedule", "tamper"): {"test_train_bpe", "test_lr_schedule"},
+    ("ch04_lora", "untouched"): set(PARTS["ch04_lora"]),
+    ("ch04_lora", "unscaled"): {"test_lora_forward", "test_lora_step"},
 }
 
 
@@ -334,7 +343,7 @@ def test_edited_test_cell_is_detected_and_flagged(term):
 
 
 @pytest.mark.slow
-def test_failures_are_specific_and_the_batch_finishes_in_time(term):
+def test_failures_are_specific(term):
     def outputs(student: str, cell_id: str) -> str:
         nb = nbformat.read(term.course / "autograded" / student / "ch03_attention" / "attention.ipynb", 4)
         cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == cell_id)
@@ -345,9 +354,11 @@ def test_failures_are_specific_and_the_batch_finishes_in_time(term):
         "KeyboardInterrupt" in outputs("loops", "test_causal_self_attention")
     assert "ValueError" in outputs("raises", "test_causal_self_attention")
     assert "future positions are attended" in outputs("edits", "test_causal_mask")
-    # One looping cell costs one cell timeout (30 s here); the whole term stays within a few minutes.
-    assert term.seconds["autograde"] < 300, term.seconds
-    assert term.seconds["total"] < 420, term.seconds
+    assert "the update is not scaled" in json.dumps(next(
+        c.outputs for c in nbformat.read(term.course / "autograded" / "unscaled" / "ch04_lora" / "lora.ipynb", 4).cells
+        if c.metadata.get("nbgrader", {}).get("grade_id") == "test_lora_forward"))
+    # The time each step took is printed by the fixture (seconds per step), not asserted: on a shared machine a
+    # time limit in a test fails for reasons that are not the code's. A looping cell is stopped by the cell timeout.
 
 
 @pytest.mark.slow

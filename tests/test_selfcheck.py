@@ -271,3 +271,61 @@ def test_rebinding_names_after_setup_does_not_fool_the_grader(monkeypatch):
     finally:
         builtins.abs, builtins.isinstance, builtins.len = saved
     assert len(caught) == 2 and all("wrong at index" in message for message in caught), caught
+
+
+# ---- chapter 4: LoRA ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora():
+    return reference_solutions("ch04_lora")
+
+
+def test_lora_reference_solutions_pass(lora):
+    assert selfcheck.check_lora_forward(lora["lora_forward"]).endswith("3 cases pass")
+    assert "merged layer gives" in selfcheck.check_lora_merge(lora["merge"])
+    assert selfcheck.check_lora_param_count(lora["lora_param_count"]).endswith("3 bad ranks pass")
+    assert selfcheck.check_lora_step(lora["lora_step"]).endswith("2 cases pass")
+
+
+def test_lora_reference_is_labkits_layer_and_its_merge():
+    x, W, b, A, B = selfcheck.lora_case(np.random.default_rng(3), batch=4, inputs=6, outputs=5, rank=2)
+    expected = x @ W + b + 3.0 / 2 * (x @ A) @ B
+    np.testing.assert_allclose(selfcheck.lora_forward_reference(x, W, b, A, B, alpha=3.0), expected, rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(x @ selfcheck.lora_merge_reference(W, A, B, alpha=3.0) + b, expected, rtol=1e-4,
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("check, wrong, message", [
+    ("check_lora_forward", lambda x, W, b, A, B, alpha: x @ W + b + alpha * (x @ A) @ B, "not alpha"),
+    ("check_lora_forward", lambda x, W, b, A, B, alpha: x @ W + b, "the adapters are missing"),
+    ("check_lora_forward", lambda x, W, b, A, B, alpha: x @ W + alpha / A.shape[1] * (x @ A) @ B, "bias b is missing"),
+    ("check_lora_merge", lambda W, A, B, alpha: W + A @ B, "scale A B by alpha / r"),
+    ("check_lora_merge", lambda W, A, B, alpha: W.__iadd__(alpha / A.shape[1] * A @ B), "changed the W it was given"),
+    ("check_lora_param_count", lambda shapes, r: (sum(r * i * o for i, o in shapes), 0), "r \\(I \\+ O\\) per layer"),
+    ("check_lora_param_count", lambda shapes, r: (sum(r * (i + o) for i, o in shapes), sum(i * o for i, o in shapes)),
+     "raise a ValueError"),
+])
+def test_lora_mistakes_get_specific_messages(check, wrong, message):
+    with pytest.raises(SelfCheckFailed, match=message):
+        getattr(selfcheck, check)(wrong)
+
+
+def test_lora_step_mistakes_get_specific_messages(lora):
+    step = lora["lora_step"]
+
+    def frozen(W, b, A, B, x, y, **settings):  # returns the adapters it was given
+        return A, B, step(W, b, A, B, x, y, **settings)[2]
+
+    def uphill(W, b, A, B, x, y, **settings):  # A + lr * grad instead of A - lr * grad
+        new_a, new_b, loss = step(W, b, A, B, x, y, **settings)
+        return 2 * A - new_a, 2 * B - new_b, loss
+
+    def summed(W, b, A, B, x, y, **settings):  # the loss reported as a sum over entries
+        new_a, new_b, loss = step(W, b, A, B, x, y, **settings)
+        return new_a, new_b, loss * y.size
+
+    for wrong, message in ((frozen, "A did not move"), (uphill, "step against the gradient"), (summed, "not the sum")):
+        with pytest.raises(SelfCheckFailed, match=message):
+            selfcheck.check_lora_step(wrong)
