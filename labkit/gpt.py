@@ -27,9 +27,11 @@ from labkit.kvcache import KVCache
 from labkit.nn import count_params
 from labkit.positions import LearnedPositions, SinusoidalPositions
 
-__all__ = ["GPT", "GPTConfig", "Block", "FeedForward", "param_count", "count_params"]
+__all__ = ["GPT", "GPTConfig", "Block", "FeedForward", "make_norm", "param_count", "count_params"]
 
-def _norm(config: GPTConfig, rngs: nnx.Rngs) -> nnx.Module:
+
+def make_norm(config: GPTConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The normalization the config names: LayerNorm (GPT-2) or RMSNorm (LLaMA), over the width D."""
     if config.norm == "rmsnorm":
         return nnx.RMSNorm(config.width, epsilon=config.norm_eps, dtype=config.dtype, rngs=rngs)
     return nnx.LayerNorm(config.width, epsilon=config.norm_eps, use_bias=config.bias, use_fast_variance=False,
@@ -68,14 +70,14 @@ class Block(nnx.Module):
         if not isinstance(causal, bool):
             raise TypeError(f"causal must be a bool; got {type(causal).__name__}")
         self.causal = causal
-        self.attn_norm = _norm(config, rngs)
+        self.attn_norm = make_norm(config, rngs=rngs)
         self.attn = MultiHeadAttention(
             config.width, config.num_heads, num_kv_heads=config.num_kv_heads, use_bias=config.bias,
             rotary_base=config.rope_base if config.positions == "rotary" else None,
             implementation=config.attention, block_size=config.block_size, dtype=config.dtype,
             kernel_init=nnx.initializers.normal(config.init_std),
             out_init=nnx.initializers.normal(config.init_std / (2 * config.num_layers) ** 0.5), rngs=rngs)
-        self.mlp_norm = _norm(config, rngs)
+        self.mlp_norm = make_norm(config, rngs=rngs)
         self.mlp = FeedForward(config, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
@@ -108,7 +110,7 @@ class GPT(nnx.Module):
             self.positions = None  # rotary: applied inside attention
         self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
         self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
-        self.final_norm = _norm(config, rngs)
+        self.final_norm = make_norm(config, rngs=rngs)
         self.head = None if config.tie_embeddings else nnx.Linear(
             config.width, config.vocab_size, use_bias=False, dtype=config.dtype,
             kernel_init=nnx.initializers.normal(config.init_std), rngs=rngs)

@@ -3,8 +3,9 @@
 Fine-tuning and the applications start from a pretrained model. ``pretrained_gpt`` runs the pretraining notebook's
 recipe in one call (a byte-level BPE trained on the corpus, the profile's ``GPTConfig`` and ``TrainConfig``,
 ``fit`` with a checkpoint) into a folder named after a digest of everything that decides the weights. A second
-call with the same settings finds the finished checkpoint and loads it instead of training; training on a CPU is
-deterministic, so the loaded weights are the ones a fresh run would give.
+call with the same settings (and the same labkit code) finds the saved tokenizer and the finished checkpoint and
+loads them instead of training; training on a CPU is deterministic, so the loaded weights are the ones a fresh run
+would give.
 
 >>> pre = pretrained_gpt("ci", key=jax.random.key(0))      # seconds in the ci profile; cached afterwards
 >>> pre.model.hidden(jnp.asarray(pre.valid_ids[None, :16])).shape
@@ -35,7 +36,11 @@ from labkit.train import History, fit
 __all__ = ["CORPORA", "Pretrained", "pretrained_gpt"]
 
 CORPORA = ("pydoc", "stdlib")  # text corpora of labkit.data the model can be pretrained on
-_FORMAT = 1  # bump when the recipe changes in a way the digest does not see
+_FORMAT = 2  # bump when the recipe changes in a way the digest does not see
+# The modules whose code decides the tokenizer and the trained weights; their source is part of the digest, so an
+# edit to any of them trains afresh instead of loading weights the new code would not have produced.
+_RECIPE = ("bpe", "bpe_train", "gpt", "gpt_config", "attention", "blockwise", "masks", "positions", "kvcache", "nn",
+           "lm", "optim", "step", "train", "tokens", "checkpoint", "data", "zoo")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -49,7 +54,7 @@ class Pretrained:
     history: History  # losses of the pretraining run (validation loss under history.eval["loss"])
     train_ids: np.ndarray  # the token ids it was trained on (T_train,)
     valid_ids: np.ndarray  # held-out token ids of the same corpus (T_valid,), never trained on
-    directory: Path  # the checkpoint folder it was trained into or loaded from
+    directory: Path  # the folder it was trained into or loaded from: tokenizer, token ids, checkpoints
 
     @property
     def validation_loss(self) -> float:
@@ -58,8 +63,27 @@ class Pretrained:
 
 
 def _digest(**parts: Any) -> str:
-    text = json.dumps({k: v for k, v in parts.items()}, sort_keys=True, default=repr)
+    code = {name: hashlib.sha256((Path(__file__).parent / f"{name}.py").read_bytes()).hexdigest() for name in _RECIPE}
+    text = json.dumps({**parts, "code": code}, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _tokenized(text: str, vocab_size: int, directory: Path) -> tuple[BPETokenizer, np.ndarray]:
+    """The BPE trained on ``text`` and the text's token ids: from ``directory`` if an earlier call saved them there."""
+    tokenizer_file, ids_file = directory / "tokenizer.json", directory / "tokens.npy"
+    if tokenizer_file.is_file() and ids_file.is_file():
+        return BPETokenizer.load(tokenizer_file), np.load(ids_file)
+    tokenizer = BPETokenizer.train(text, vocab_size=vocab_size)
+    ids = tokenizer.encode_ordinary(text)
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = ids_file.with_name("tokens.partial")  # each file is written whole, then renamed: never half a file
+    with open(partial, "wb") as f:
+        np.save(f, ids)
+    partial.replace(ids_file)
+    partial = tokenizer_file.with_name("tokenizer.partial")
+    tokenizer.save(partial)
+    partial.replace(tokenizer_file)
+    return tokenizer, ids
 
 
 def pretrained_gpt(
@@ -96,16 +120,13 @@ def pretrained_gpt(
                          f"({train_config.seq_len})")
 
     text = data.load(corpus)
-    tokenizer = BPETokenizer.train(text, vocab_size=vocab_size)
-    ids = tokenizer.encode_ordinary(text)
-    train_ids, valid_ids = split_tokens(ids, validation_fraction=validation_fraction)
-
-    digest = _digest(format=_FORMAT, profile=profile.name, corpus=corpus, merges=tokenizer.merges,
-                     tokens=hashlib.sha256(np.ascontiguousarray(ids).tobytes()).hexdigest(),
-                     validation_fraction=validation_fraction, config=config, train_config=train_config,
-                     key=np.asarray(jax.random.key_data(key)).tolist())
+    digest = _digest(format=_FORMAT, profile=profile.name, corpus=corpus, vocab_size=vocab_size,
+                     text=hashlib.sha256(text.encode("utf-8")).hexdigest(), validation_fraction=validation_fraction,
+                     config=config, train_config=train_config, key=np.asarray(jax.random.key_data(key)).tolist())
     directory = Path(cache) if cache is not None else data.cache_dir() / "pretrained"
     directory = directory / f"gpt-{profile.name}-{corpus}-{digest}"
+    tokenizer, ids = _tokenized(text, vocab_size, directory)
+    train_ids, valid_ids = split_tokens(ids, validation_fraction=validation_fraction)
 
     model = GPT(config, rngs=nnx.Rngs(jax.random.fold_in(key, 0)))
     optimizer = nnx.Optimizer(model, make_optimizer(train_config), wrt=nnx.Param)
@@ -114,7 +135,7 @@ def pretrained_gpt(
                   accumulation=train_config.accumulation, key=jax.random.fold_in(key, 1),
                   eval_data=TokenWindows(valid_ids, seq_len=train_config.seq_len),
                   eval_every=train_config.eval_every, eval_batches=train_config.eval_batches,
-                  checkpoint_dir=directory, checkpoint_every=train_config.checkpoint_every,
+                  checkpoint_dir=directory / "checkpoints", checkpoint_every=train_config.checkpoint_every,
                   keep_checkpoints=train_config.keep_checkpoints, progress=progress)
     model.eval()
     return Pretrained(model=model, tokenizer=tokenizer, config=config, train_config=train_config, history=history,

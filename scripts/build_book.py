@@ -29,6 +29,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 STAGED_FILES = ["_config.yml", "_toc.yml", "references.bib"]
 STAGED_DIRS = ["book"]
+STAGED_GLOBS = ["labkit/*.py"]  # the code the chapters show with {literalinclude}
 CELL_TIMEOUT_S = 1200
 
 
@@ -194,6 +195,9 @@ def stage(build: Path, notebooks: dict[str, bytes]) -> Path:
         for path in (REPO / folder).rglob("*"):
             if path.is_file() and "__pycache__" not in path.parts:
                 wanted[str(path.relative_to(REPO))] = path.read_bytes()
+    for pattern in STAGED_GLOBS:
+        for path in REPO.glob(pattern):
+            wanted[str(path.relative_to(REPO))] = path.read_bytes()
     for rel, data in wanted.items():
         write_if_changed(src / rel, data)
     for path in sorted(src.rglob("*"), reverse=True):

@@ -61,3 +61,18 @@ def test_glue_works_without_myst_nb(monkeypatch, capsys):
     assert glue("x", 1.5, display=False) is None
     with pytest.raises(ValueError, match="name must be a non-empty str"):
         glue("", 1.0)
+
+
+def test_glue_stores_numpy_scalars_as_python_numbers(monkeypatch):
+    import sys
+    import types
+
+    from labkit.book import glue
+
+    stored = {}
+    fake = types.SimpleNamespace(glue=lambda name, value, display: stored.setdefault(name, value))
+    monkeypatch.setitem(sys.modules, "myst_nb", fake)
+    glue("a", np.float64(0.25), display=False)
+    glue("b", np.asarray(3), display=False)
+    glue("c", np.arange(2), display=False)  # arrays stay arrays
+    assert type(stored["a"]) is float and type(stored["b"]) is int and isinstance(stored["c"], np.ndarray)

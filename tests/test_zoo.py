@@ -16,6 +16,7 @@ def test_second_call_loads_the_same_weights_without_training(tmp_path):
     first = pretrained_gpt("ci", key=jax.random.key(0), cache=tmp_path, progress=False)
     assert first.validation_loss < np.log(first.tokenizer.vocab_size)  # it learned something beyond uniform
     assert [p.name for p in tmp_path.iterdir()] == [first.directory.name]
+    assert sorted(p.name for p in first.directory.iterdir()) == ["checkpoints", "tokenizer.json", "tokens.npy"]
     second = pretrained_gpt("ci", key=jax.random.key(0), cache=tmp_path, progress=False)
     assert second.directory == first.directory
     assert second.history.loss == first.history.loss  # restored from the checkpoint, not retrained

@@ -1,0 +1,198 @@
+import doctest
+import math
+
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labkit import scaling
+from labkit.gpt import GPT, GPTConfig, count_params
+from labkit.scaling import (compute_optimal, fit_power_law, fit_saturating_power_law, flops_per_token,
+                            non_embedding_params, pareto_frontier, training_compute)
+
+
+def test_docstring_examples():
+    assert doctest.testmod(scaling, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+@pytest.mark.parametrize("config", [GPTConfig.ci(), GPTConfig.llama_style(num_layers=1, width=64, num_heads=4,
+                                                                          num_kv_heads=2, mlp_width=96)])
+def test_non_embedding_params_leaves_out_the_tables_of_a_built_model(config):
+    model = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))  # shapes only: no weights are drawn
+    tables = config.vocab_size * config.width * (1 if config.tie_embeddings else 2)
+    tables += config.max_len * config.width if config.positions == "learned" else 0
+    assert non_embedding_params(config) == count_params(model) - tables
+
+
+def test_non_embedding_params_is_about_12_L_D_squared():
+    config = GPTConfig(vocab_size=512, max_len=64, num_layers=6, num_heads=8, width=512, mlp_width=2048, bias=False)
+    d = config.width
+    assert non_embedding_params(config) == 6 * (12 * d * d + 2 * d) + d  # 12 D² per block plus the norm scales
+
+
+def test_flops_per_token_by_hand():
+    # GPT-2-style, tied: 6 x (all parameters but the position table) + attention, causal half or full square.
+    c = GPTConfig.ci()
+    weights = 25472 + 256 * 32  # non-embedding + the token table (it is the LM head too)
+    assert flops_per_token(c, 64, attention="none") == 6 * weights
+    assert flops_per_token(c, 64) == 6 * weights + 6 * 2 * 64 * 32
+    assert flops_per_token(c, 64, attention="full") == 6 * weights + 12 * 2 * 64 * 32
+    rotary = GPTConfig.ci(positions="rotary", tie_embeddings=False)  # no position table; the head counts separately
+    assert flops_per_token(rotary, 16, attention="none") == 6 * (non_embedding_params(rotary) + 2 * 256 * 32)
+
+
+def test_training_compute_is_flops_per_token_times_tokens_and_close_to_6ND_for_a_wide_model():
+    c = GPTConfig(vocab_size=256, max_len=128, num_layers=4, num_heads=8, width=1024, mlp_width=4096)
+    tokens = 10**6
+    compute = training_compute(c, 128, tokens)
+    assert compute == flops_per_token(c, 128) * tokens
+    assert 1.0 < compute / (6 * non_embedding_params(c) * tokens) < 1.05  # wide and short: 6ND is a fair estimate
+
+
+def test_compute_optimal_spends_the_budget_at_20_tokens_per_parameter():
+    params, tokens = compute_optimal(1e21)
+    assert math.isclose(6 * params * tokens, 1e21) and math.isclose(tokens / params, 20.0)
+    params, tokens = compute_optimal(6e6, tokens_per_param=1.0)
+    assert math.isclose(params, 1e3) and math.isclose(tokens, 1e3)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "1e20"])
+def test_compute_optimal_rejects_bad_numbers(bad):
+    with pytest.raises(ValueError, match="compute"):
+        compute_optimal(bad)
+    with pytest.raises(ValueError, match="tokens_per_param"):
+        compute_optimal(1e20, tokens_per_param=bad)
+
+
+def test_compute_functions_reject_bad_arguments():
+    with pytest.raises(TypeError, match="config must be a GPTConfig"):
+        flops_per_token({"width": 32}, 64)
+    with pytest.raises(TypeError, match="config must be a GPTConfig"):
+        non_embedding_params(None)
+    with pytest.raises(ValueError, match="seq_len must be a positive int"):
+        flops_per_token(GPTConfig.ci(), 0)
+    with pytest.raises(ValueError, match="attention must be one of causal, full, none"):
+        flops_per_token(GPTConfig.ci(), 64, attention="half")
+    with pytest.raises(ValueError, match="tokens must be a positive int"):
+        training_compute(GPTConfig.ci(), 64, 1.5)
+
+
+def test_power_law_recovers_exact_numbers_without_noise():
+    x = np.geomspace(1e3, 1e7, 6)
+    fit = fit_power_law(x, 12.0 * x ** -0.076)
+    assert fit.a == pytest.approx(12.0, rel=1e-9) and fit.alpha == pytest.approx(0.076, rel=1e-9)
+    assert fit.c == 0.0 and fit.r2 == pytest.approx(1.0) and fit.num_points == 6
+    np.testing.assert_allclose(fit.predict([1e8, 1e9]), 12.0 * np.array([1e8, 1e9]) ** -0.076, rtol=1e-9)
+    assert "x^(-0.076)" in str(fit)
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=st.floats(0.1, 100.0), alpha=st.floats(-1.0, 2.0), low=st.floats(-3.0, 3.0), n=st.integers(3, 12))
+def test_power_law_recovers_any_exponent_without_noise(a, alpha, low, n):
+    x = np.geomspace(10.0**low, 10.0 ** (low + 4), n)
+    fit = fit_power_law(x, a * x ** (-alpha))
+    assert fit.alpha == pytest.approx(alpha, abs=1e-8) and fit.a == pytest.approx(a, rel=1e-7)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_power_law_recovers_the_exponent_from_noisy_points(seed):
+    rng = np.random.default_rng(seed)
+    x = np.geomspace(1e4, 1e8, 20)
+    y = 7.0 * x**-0.3 * np.exp(rng.normal(0.0, 0.02, size=x.shape))  # 2% multiplicative noise
+    fit = fit_power_law(x, y)
+    assert fit.alpha == pytest.approx(0.3, abs=0.02)
+    assert 0.95 < fit.r2 < 1.0
+
+
+def test_saturating_power_law_recovers_exact_numbers_without_noise():
+    x = np.geomspace(1e3, 1e9, 8)
+    fit = fit_saturating_power_law(x, 40.0 * x**-0.34 + 1.69)  # the shape of Hoffmann et al.'s L(N)
+    assert fit.alpha == pytest.approx(0.34, rel=1e-5) and fit.c == pytest.approx(1.69, rel=1e-5)
+    assert fit.a == pytest.approx(40.0, rel=1e-4) and fit.r2 == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_saturating_power_law_from_noisy_points_beats_the_plain_fit(seed):
+    rng = np.random.default_rng(seed)
+    x = np.geomspace(1e3, 1e8, 16)
+    y = (20.0 * x**-0.4 + 2.0) * np.exp(rng.normal(0.0, 0.005, size=x.shape))
+    saturating, plain = fit_saturating_power_law(x, y), fit_power_law(x, y)
+    assert saturating.alpha == pytest.approx(0.4, abs=0.08) and saturating.c == pytest.approx(2.0, abs=0.1)
+    assert saturating.r2 > plain.r2
+    assert plain.alpha < saturating.alpha  # a plain power law bends the curve flat: it underestimates the exponent
+
+
+def test_saturating_power_law_on_a_plain_power_law_finds_no_level():
+    x = np.geomspace(1.0, 1e4, 5)
+    fit = fit_saturating_power_law(x, 3.0 * x**-0.5)
+    assert fit.c == pytest.approx(0.0, abs=1e-6) and fit.alpha == pytest.approx(0.5, rel=1e-5)
+
+
+@pytest.mark.parametrize("fit", [fit_power_law, fit_saturating_power_law])
+def test_fits_reject_bad_points(fit):
+    with pytest.raises(ValueError, match="same length; got 4 and 3"):
+        fit([1, 2, 3, 4], [1, 2, 3])
+    with pytest.raises(ValueError, match="at least"):
+        fit([1, 2], [2, 1])
+    with pytest.raises(ValueError, match="x must hold finite positive numbers"):
+        fit([0, 1, 2, 3], [4, 3, 2, 1])
+    with pytest.raises(ValueError, match="y must hold finite positive numbers"):
+        fit([1, 2, 3, 4], [4, 3, -2, 1])
+    with pytest.raises(ValueError, match="y must hold finite positive numbers"):
+        fit([1, 2, 3, 4], [4, 3, float("nan"), 1])
+    with pytest.raises(ValueError, match="one-dimensional"):
+        fit([[1, 2], [3, 4]], [[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match="two different values"):
+        fit([2, 2, 2, 2], [4, 3, 2, 1])
+    with pytest.raises(TypeError, match="x must be a sequence of numbers"):
+        fit(["a", "b", "c", "d"], [4, 3, 2, 1])
+
+
+def test_saturating_fit_needs_four_points_and_a_valid_grid():
+    with pytest.raises(ValueError, match="at least 4 points"):
+        fit_saturating_power_law([1, 2, 3], [3, 2, 1])
+    with pytest.raises(ValueError, match="grid must be a positive int"):
+        fit_saturating_power_law([1, 2, 3, 4], [4, 3, 2, 1], grid=0)
+
+
+def test_predict_rejects_non_positive_x():
+    fit = fit_power_law([1, 2, 4], [4, 2, 1])
+    with pytest.raises(ValueError, match="x must be positive"):
+        fit.predict([0.0, 1.0])
+
+
+def test_pareto_frontier_is_the_lower_envelope():
+    # two training curves: a small model (fast early, flat late) and a large one (slow early, lower late)
+    compute = [1, 2, 4, 8, 3, 6, 12, 24]
+    loss = [5.0, 4.0, 3.6, 3.5, 4.5, 3.8, 3.2, 2.9]
+    assert pareto_frontier(compute, loss).tolist() == [0, 1, 2, 3, 6, 7]  # (3, 4.5) and (6, 3.8) are beaten
+    assert pareto_frontier([1, 1, 2], [3.0, 2.0, 2.0]).tolist() == [1]  # equal x: the lower point; equal y: not lower
+    with pytest.raises(ValueError, match="same length"):
+        pareto_frontier([1, 2], [1.0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.1, 100.0), st.floats(0.1, 10.0)), min_size=1, max_size=30))
+def test_pareto_frontier_points_are_not_beaten_by_any_cheaper_point(points):
+    x, y = (np.array(v) for v in zip(*points))
+    frontier = pareto_frontier(x, y)
+    assert np.all(np.diff(x[frontier]) >= 0) and np.all(np.diff(y[frontier]) < 0)
+    for i in range(len(x)):
+        on_frontier = i in frontier
+        beaten = np.any((x <= x[i]) & (y <= y[i]) & (np.arange(len(x)) != i) & ((x < x[i]) | (y < y[i])))
+        if not beaten:  # nothing cheaper or as cheap is as good: the point (or an identical twin) is on the frontier
+            assert on_frontier or np.any((x == x[i]) & (y == y[i]) & np.isin(np.arange(len(x)), frontier))
+        else:
+            assert not on_frontier
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0.01, 100.0), min_size=4, max_size=10))
+def test_saturating_fit_of_arbitrary_points_is_finite_and_below_the_data(ys):
+    y = np.array(ys)
+    fit = fit_saturating_power_law(np.arange(1.0, len(y) + 1), y, grid=20)
+    assert all(math.isfinite(v) for v in (fit.a, fit.alpha, fit.c, fit.r2))
+    assert 0.0 <= fit.c < y.min() and fit.a > 0
+    assert fit.r2 >= fit_power_law(np.arange(1.0, len(y) + 1), y).r2 - 1e-9  # c = 0 is one of its candidates
