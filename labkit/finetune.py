@@ -19,13 +19,13 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from labkit.data import ArrayData
+from labkit.lm import cross_entropy
 from labkit.lora import LoRAParam
 
 __all__ = ["IGNORE", "REGIMES", "AtPath", "instruction_data", "masked_cross_entropy", "masked_lm_loss",
@@ -141,22 +141,7 @@ def instruction_data(
 
 def masked_cross_entropy(logits: Float[Array, "B T V"], targets: Int[Array, "B T"]) -> Float[Array, ""]:
     """Mean cross-entropy (nats) over the positions whose target is not ``IGNORE``; 0 if there are none."""
-    if getattr(logits, "ndim", None) != 3:
-        raise ValueError(f"logits must have shape (B, T, V); got {tuple(getattr(logits, 'shape', ()))}")
-    if getattr(targets, "shape", None) != logits.shape[:2]:
-        raise ValueError(f"targets must have shape {tuple(logits.shape[:2])} (B, T) to match logits; "
-                         f"got {tuple(getattr(targets, 'shape', ()))}")
-    if not jnp.issubdtype(targets.dtype, jnp.integer):
-        raise TypeError(f"targets must be integer token ids (or IGNORE = {IGNORE}); got dtype {targets.dtype}")
-    if not isinstance(targets, jax.core.Tracer) and targets.size:  # values can only be checked outside jit
-        values = np.asarray(targets)
-        if values.min() < IGNORE or values.max() >= logits.shape[2]:
-            raise ValueError(f"targets must be ids in [0, {logits.shape[2] - 1}] or IGNORE = {IGNORE}; got values "
-                             f"from {int(values.min())} to {int(values.max())}")
-    counted = targets != IGNORE  # (B, T)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                             jnp.where(counted, targets, 0))  # (B, T)
-    return jnp.sum(jnp.where(counted, losses, 0.0)) / jnp.maximum(jnp.sum(counted), 1)
+    return cross_entropy(logits, targets, ignore=IGNORE)
 
 
 def masked_lm_loss(model: nnx.Module, x: Int[Array, "B T"], y: Int[Array, "B T"]) -> Float[Array, ""]:

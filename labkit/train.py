@@ -227,6 +227,10 @@ def fit(
     a fixed set of ``eval_batches`` batches of ``TokenWindows``. With ``checkpoint_dir``, a checkpoint is saved
     every ``checkpoint_every`` steps and after the last; a run that finds a checkpoint there resumes from the newest,
     drawing the same batches as a run that never stopped.
+
+    The jitted step is kept per ``loss_fn``; it compiles again for a new model structure, new batch shapes or a new
+    optax object (its settings are part of the compiled step), so several runs in one notebook should share one
+    ``loss_fn`` and one optax transformation per setting.
     """
     _check_fit_arguments(train, steps, batch_size, accumulation, eval_every, eval_batches, checkpoint_every)
     metrics = dict(metrics) if metrics else {"loss": loss_fn}

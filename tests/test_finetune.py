@@ -120,7 +120,7 @@ def test_errors():
         masked_cross_entropy(logits, jnp.zeros((1, 4), jnp.int32))
     with pytest.raises(TypeError, match="integer"):
         masked_cross_entropy(logits, jnp.zeros((1, 3)))
-    with pytest.raises(ValueError, match="IGNORE"):
+    with pytest.raises(ValueError, match="ignore = -1"):
         masked_cross_entropy(logits, jnp.array([[0, 5, -1]]))
-    with pytest.raises(ValueError, match="IGNORE"):
+    with pytest.raises(ValueError, match="ignore = -1"):
         masked_cross_entropy(logits, jnp.array([[0, -2, -1]]))

@@ -194,3 +194,19 @@ def test_fit_rejects_bad_pretraining_arguments():
         train.fit(model, optimizer, lm.loss, windows, steps=1, batch_size=2, key=jax.random.key(0), checkpoint_every=0)
     with pytest.raises(TypeError, match="train must be an ArrayData .* or TokenWindows"):
         train.fit(model, optimizer, lm.loss, CORPUS, steps=1, batch_size=2, key=jax.random.key(0))
+
+
+def test_cross_entropy_can_leave_out_an_ignored_target():
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 7)), jnp.float32)
+    targets = jnp.asarray([[1, -1, 3, -1], [-1, -1, 0, 6]])
+    kept = np.asarray(targets) != -1
+    per_position = -jax.nn.log_softmax(logits)[np.arange(2)[:, None], np.arange(4), np.where(kept, targets, 0)]
+    expected = np.asarray(per_position)[kept].mean()
+    np.testing.assert_allclose(lm.cross_entropy(logits, targets, ignore=-1), expected, rtol=1e-6)
+    assert float(lm.cross_entropy(logits, jnp.full((2, 4), -1), ignore=-1)) == 0.0
+    with pytest.raises(ValueError, match="ignore = -1; got values from -2"):
+        lm.cross_entropy(logits, targets.at[0, 0].set(-2), ignore=-1)
+    with pytest.raises(ValueError, match="targets must be ids in \\[0, 6\\]"):
+        lm.cross_entropy(logits, targets)  # without ignore, -1 is not an id
+    with pytest.raises(ValueError, match="ignore must be a negative int"):
+        lm.cross_entropy(logits, targets, ignore=3)
