@@ -241,23 +241,41 @@ def make_submission(release: nbformat.NotebookNode, source: nbformat.NotebookNod
     return nb
 
 
+def student_env(env: dict[str, str], home: Path) -> dict[str, str]:
+    """The environment of one student: a home of their own, as on a real hub, so that nbgrader's per-user cache of
+    submissions (``<Jupyter data folder>/nbgrader_cache``) is theirs alone; students who submit at the same moment
+    never share (or race to create) it."""
+    per_user = {"HOME": home, "JUPYTER_DATA_DIR": home / ".local/share/jupyter",
+                "JUPYTER_RUNTIME_DIR": home / ".local/share/jupyter/runtime", "XDG_DATA_HOME": home / ".local/share",
+                "XDG_CACHE_HOME": home / ".cache", "IPYTHONDIR": home / ".ipython"}
+    for folder in per_user.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return {**env, **{key: str(value) for key, value in per_user.items()}}
+
+
 class Term:
-    """A course directory, its exchange and students, and the commands that run it."""
+    """A course directory, its exchange and students, and the commands that run it.
+
+    Everything a term writes stays under ``work``: the teacher's home is ``work/teacher``, each student's is
+    ``work/students/<name>``; nothing is read from or written to the home of the user who runs the tests.
+    """
 
     def __init__(self, work: Path):
         self.work, self.course, self.exchange = work, work / "course", work / "exchange"
         shutil.copytree(ROOT / "course", self.course, ignore=shutil.ignore_patterns(*GENERATED))
         self.exchange.mkdir()
         self.exchange.chmod(0o777)
-        self.env = {**os.environ, "COURSE_EXCHANGE": str(self.exchange), "COURSE_CELL_TIMEOUT": "30",
-                    "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+        self.env = student_env({**os.environ, "COURSE_EXCHANGE": str(self.exchange), "COURSE_CELL_TIMEOUT": "30",
+                                "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                                         os.environ.get("PATH", "")])}, work / "teacher")
         self.seconds: dict[str, float] = {}  # command -> seconds, summed (commands run in parallel count each)
         self.log: list[str] = []
         self.lock = threading.Lock()
 
-    def run(self, command: list[str], cwd: Path, label: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, command: list[str], cwd: Path, label: str, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         start = time.monotonic()
-        result = subprocess.run(command, cwd=cwd, env=self.env, capture_output=True, text=True)
+        result = subprocess.run(command, cwd=cwd, env=env or self.env, capture_output=True, text=True)
         with self.lock:
             self.seconds[label] = self.seconds.get(label, 0.0) + time.monotonic() - start
             self.log.append(f"$ {' '.join(map(str, command))}\n{result.stdout}{result.stderr}")
@@ -272,16 +290,16 @@ class Term:
         home = self.work / "students" / student
         home.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "nbgrader", *args, f"--course={COURSE_ID}", f"--Exchange.root={self.exchange}"]
-        return self.run(command, home, f"student {args[0]}")
+        return self.run(command, home, f"student {args[0]}", env=student_env(self.env, home))
 
 
-@pytest.fixture(scope="module")
-def term(tmp_path_factory) -> Term:
+def run_term(work: Path, submissions: dict[str, dict[str, dict | None]]) -> Term:
+    """A whole term in ``work``: release, publish, students fetch and submit at once, collect, grade, feed back."""
     start = time.monotonic()
-    term = Term(tmp_path_factory.mktemp("term"))
-    term.teacher("release")
-    term.teacher("publish")
-    for assignment, students in SUBMISSIONS.items():
+    term = Term(work)
+    term.teacher("release", *submissions)
+    term.teacher("publish", *submissions)
+    for assignment, students in submissions.items():
         term.student("fetcher", "fetch_assignment", assignment)
         for nb_path in sorted((term.course / "release" / assignment).glob("*.ipynb")):
             fetched = nbformat.read(term.work / "students" / "fetcher" / assignment / nb_path.name, as_version=4)
@@ -293,15 +311,20 @@ def term(tmp_path_factory) -> Term:
         with ThreadPoolExecutor(max_workers=4) as pool:  # students submit at the same time
             list(pool.map(lambda student: term.student(student, "submit", assignment, f"--student={student}"),
                           students))
-    term.teacher("collect")
-    term.teacher("autograde")
-    term.teacher("feedback")
-    term.teacher("return")
+    term.teacher("collect", *submissions)
+    term.teacher("autograde", *submissions)
+    term.teacher("feedback", *submissions)
+    term.teacher("return", *submissions)
     term.teacher("export")
-    term.scores = json.loads(term.teacher("scores", "--json").stdout)
+    term.scores = json.loads(term.teacher("scores", *submissions, "--json").stdout)
     term.seconds["total"] = time.monotonic() - start
     print("seconds per step:", {k: round(v, 1) for k, v in term.seconds.items()})
     return term
+
+
+@pytest.fixture(scope="module")
+def term(tmp_path_factory) -> Term:
+    return run_term(tmp_path_factory.mktemp("term"), SUBMISSIONS)
 
 
 @pytest.mark.slow
@@ -374,3 +397,29 @@ def test_grades_reach_the_csv_and_feedback_is_returned(term):
         assert (term.course / "feedback" / student / assignment / f"{notebook}.html").exists()
     returned = list((term.exchange / COURSE_ID / "feedback").glob("*.html"))
     assert len(returned) == len(submitted)
+
+
+# ---- nothing outside the term's folder ----------------------------------------------------------------------------
+
+
+def test_tests_do_not_use_the_real_home():
+    real = Path(os.environ["LABKIT_TEST_REAL_HOME"]).resolve()
+    assert Path.home().resolve() != real
+    for variable in ("JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR",
+                     "XDG_CACHE_HOME", "LABKIT_CACHE"):
+        assert real not in Path(os.environ[variable]).resolve().parents, variable
+    from jupyter_core.paths import jupyter_data_dir
+    assert Path(jupyter_data_dir()).resolve().is_relative_to(Path.home().resolve())
+
+
+@pytest.mark.slow
+def test_a_second_term_in_the_same_session_starts_clean(term, tmp_path):
+    """Run a small term again, in a new folder, after the module's term: the same scores, so no state (nbgrader's
+    submission cache, the exchange, the gradebook) is carried from one run to the next; and every student's
+    submission cache lies in that student's own home."""
+    small = {"ch04_lora": {name: SUBMISSIONS["ch04_lora"][name] for name in ("reference", "untouched", "unscaled")}}
+    again = run_term(tmp_path, small)
+    assert again.scores == {"ch04_lora": {s: term.scores["ch04_lora"][s] for s in small["ch04_lora"]}}
+    for student in small["ch04_lora"]:
+        cache = tmp_path / "students" / student / ".local/share/jupyter/nbgrader_cache" / COURSE_ID
+        assert len(list(cache.iterdir())) == 1, f"{student}'s submission is not in their own nbgrader cache"
