@@ -7,13 +7,21 @@ fastest of N more; labkit's later passes find every pre-token in its cache, so t
 
     python bench/tokenizer.py                                  # pydoc, V = 4096: about 10 s
     python bench/tokenizer.py --corpus pydoc stdlib --max-files 300
+    python bench/tokenizer.py --stream 1 2 4 8                 # streaming encode's peak memory, input 1x..8x
+
+--stream writes the corpus repeated 1, 2, 4, ... times to a temporary file and measures, with tracemalloc, the peak
+memory that Python allocates while ``encode_stream`` reads and encodes it (the ids are counted, not kept) and while
+``encode`` encodes the same text held in memory. Streaming's peak should stay flat as the input grows.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
+import tracemalloc
+from pathlib import Path
 
 
 def _timed(function, *args, **kwargs):
@@ -90,6 +98,37 @@ def run(corpus: str, text: str, vocab_size: int, repeats: int) -> None:
           f"labkit's merged tokens also made by HF: {shared_tokens(ours['tok'], rows[2]['hf']):.1%}")
 
 
+def _peak_mib(function, *args, **kwargs) -> tuple[object, float]:
+    tracemalloc.start()
+    try:
+        result = function(*args, **kwargs)
+        return result, tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def stream_memory(corpus: str, text: str, vocab_size: int, repeats: list[int], chunk_chars: int) -> None:
+    """Peak traced memory of encode_stream (a file) and of encode (a str) as the input grows."""
+    from labkit.bpe import BPETokenizer
+
+    tok = BPETokenizer.train(text, vocab_size)
+    print(f"\n{corpus}: streaming encode, chunk_chars={chunk_chars:,}, vocab_size {vocab_size}")
+    header = f"{'copies':>6} {'input MB':>9} {'stream peak MiB':>16} {'encode peak MiB':>16} {'same count':>11}"
+    print(header + "\n" + "-" * len(header))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "corpus.txt"
+        for n in repeats:
+            path.write_text(text * n, encoding="utf-8", newline="")
+            fresh = BPETokenizer(tok.merges)  # an empty pre-token cache for each measurement
+            count = lambda: sum(len(ids) for ids in fresh.encode_stream(path, chunk_chars=chunk_chars))  # noqa: E731
+            streamed, stream_peak = _peak_mib(count)
+            whole = text * n  # the file's text, allocated before tracing starts: a corpus already in memory
+            fresh = BPETokenizer(tok.merges)
+            ids, encode_peak = _peak_mib(fresh.encode_ordinary, whole)
+            print(f"{n:>6} {path.stat().st_size / 1e6:>9.2f} {stream_peak:>16.1f} {encode_peak:>16.1f} "
+                  f"{streamed == len(ids)!s:>11}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", nargs="+", choices=["pydoc", "stdlib"], default=["pydoc"])
@@ -97,13 +136,19 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3, help="encode passes; the best is reported")
     parser.add_argument("--threads", type=int, default=1, help="threads for Hugging Face tokenizers")
+    parser.add_argument("--stream", type=int, nargs="+", metavar="COPIES",
+                        help="measure streaming encode's peak memory on the corpus repeated COPIES times instead")
+    parser.add_argument("--chunk-chars", type=int, default=1 << 16, help="--stream: characters read at a time")
     args = parser.parse_args()
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # read when tokenizers starts its thread pool
     from labkit import data
 
     for corpus in args.corpus:
         options = {"max_files": args.max_files or None} if corpus == "stdlib" else {}
-        run(corpus, data.load(corpus, **options), args.vocab_size, args.repeats)
+        if args.stream:
+            stream_memory(corpus, data.load(corpus, **options), args.vocab_size, args.stream, args.chunk_chars)
+        else:
+            run(corpus, data.load(corpus, **options), args.vocab_size, args.repeats)
 
 
 if __name__ == "__main__":

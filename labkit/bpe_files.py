@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
-__all__ = ["gpt2_bytes_to_unicode", "read_gpt2_files"]
+__all__ = ["gpt2_bytes_to_unicode", "read_gpt2_files", "read_vocab"]
 
 
 def gpt2_bytes_to_unicode() -> dict[int, str]:
@@ -74,3 +75,45 @@ def read_gpt2_files(
         raise ValueError(f"encoder_json {encoder_path} must hold the 256 bytes, the {len(merges)} merges and "
                          f"then only special tokens; it has {len(encoder)} entries, some of them extra")
     return merges, specials, byte_ids
+
+
+def read_vocab(
+    vocab: dict[int, bytes], merges: Sequence[tuple[bytes, bytes]], special_tokens: Sequence[str] = ()
+) -> tuple[list[tuple[int, int]], dict[str, int], list[int]]:
+    """(merges as id pairs, special tokens, byte ids) of a vocabulary (id -> bytes) and merges given as byte pairs.
+
+    The ids must run 0..V-1: the special tokens first (0..k-1) or last, the 256 single bytes in any order, then merge r
+    with the id (first byte id) + 256 + r. Special tokens missing from a vocab that has them last get the next ids.
+
+    >>> vocab = {0: b"<|endoftext|>", **{1 + b: bytes([b]) for b in range(256)}, 257: b"ab"}
+    >>> merges, specials, byte_ids = read_vocab(vocab, [(b"a", b"b")], ["<|endoftext|>"])
+    >>> merges, specials, byte_ids[:2]
+    ([(98, 99)], {'<|endoftext|>': 0}, [1, 2])
+    """
+    if not isinstance(vocab, dict) or not all(type(i) is int and isinstance(t, bytes) for i, t in vocab.items()):
+        raise ValueError("vocab must be a dict of int id -> bytes")
+    if isinstance(special_tokens, str) or not all(isinstance(name, str) and name for name in special_tokens):
+        raise ValueError(f"special_tokens must be a sequence of non-empty strings; got {special_tokens!r}")
+    by_bytes = {token: i for i, token in vocab.items()}
+    if sorted(vocab) != list(range(len(vocab))) or len(by_bytes) != len(vocab):
+        raise ValueError(f"vocab must have the ids 0..{len(vocab) - 1}, each once, with distinct bytes; it does not")
+    specials = {name: by_bytes[name.encode("utf-8")] for name in special_tokens if name.encode("utf-8") in by_bytes}
+    first = len(specials) if sorted(specials.values()) == list(range(len(specials))) else 0
+    missing = [name for name in dict.fromkeys(special_tokens) if name not in specials]
+    if first and missing:
+        raise ValueError(f"special_tokens come first in vocab (ids 0..{first - 1}), so all of them must be in vocab; "
+                         f"missing: {missing}")
+    byte_ids = [by_bytes.get(bytes([b]), -1) for b in range(256)]
+    if sorted(byte_ids) != list(range(first, first + 256)):
+        raise ValueError(f"vocab must hold the 256 single bytes as the ids {first}..{first + 255}; it does not")
+    pairs = []
+    for rank, (a, b) in enumerate(merges):
+        if by_bytes.get(a + b) != first + 256 + rank or a not in by_bytes or b not in by_bytes:
+            raise ValueError(f"merges[{rank}] = {(a, b)!r} must join two tokens of vocab into the token with the id "
+                             f"{first + 256 + rank}; vocab gives {a + b!r} the id {by_bytes.get(a + b)}")
+        pairs.append((by_bytes[a], by_bytes[b]))
+    rest = len(vocab) - (first + 256 + len(pairs)) - (0 if first else len(specials))
+    if rest:
+        raise ValueError(f"vocab has {rest} ids that are neither special tokens, bytes nor merges")
+    specials.update({name: len(vocab) + n for n, name in enumerate(missing)})
+    return pairs, specials, byte_ids

@@ -5,6 +5,11 @@ must be put in: added to the token embeddings (a learned table as in GPT-2, or f
 2017), or turned into a rotation of every query and key (RoPE, Su et al. 2021; used by LLaMA), which makes the score
 of query i and key j depend on i - j only.
 
+RoPE comes in two layouts that pair a head's H coordinates differently: "half" pairs i with i + H/2 (GPT-NeoX, Hugging
+Face's LLaMA; labkit's default) and "interleaved" pairs 2i with 2i + 1 (the RoPE paper, Meta's LLaMA code). They are
+the same rotation after a fixed permutation of each head's coordinates (``rotary_permutation``), so a checkpoint in one
+layout runs in the other once its query and key projections are permuted (``convert_rotary_layout``).
+
 >>> sinusoidal_positions(4, 8).shape                         # (T, D)
 (4, 8)
 >>> x = jnp.ones((1, 4, 2, 8))                               # (B, T, N, H)
@@ -18,8 +23,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
+
+ROPE_LAYOUTS = ("half", "interleaved")  # which coordinates of a head are rotated together: (i, i + H/2) or (2i, 2i + 1)
 
 
 def _check_length(length: int, offset: int | Array, max_len: int) -> None:
@@ -94,22 +102,75 @@ def rotary_angles(positions: Int[Array, "*B T"], head_width: int, *, base: float
     return jnp.asarray(positions, jnp.float32)[..., None] * freq  # (..., T, H/2)
 
 
-def apply_rotary(x: Float[Array, "B T N H"], positions: Int[Array, "*B T"], *,
-                 base: float = 10_000.0) -> Float[Array, "B T N H"]:
-    """Rotate each pair (x[i], x[i + H/2]) of every head by its position's angle.
+def _check_layout(layout: str, argument: str = "layout") -> None:
+    if layout not in ROPE_LAYOUTS:
+        raise ValueError(f"{argument} must be one of {', '.join(ROPE_LAYOUTS)}; got {layout!r}")
 
-    This is the half-split layout of GPT-NeoX and Hugging Face's LLaMA (Meta's reference code pairs neighbours).
 
-    ``positions`` is (T,) for the whole batch or (B, T) per row.
+def apply_rotary(x: Float[Array, "B T N H"], positions: Int[Array, "*B T"], *, base: float = 10_000.0,
+                 layout: str = "half") -> Float[Array, "B T N H"]:
+    """Rotate each pair of coordinates of every head by its position's angle; pair i turns by p · base^(-2i/H).
+
+    ``layout="half"`` pairs (x[i], x[i + H/2]), as GPT-NeoX and Hugging Face's LLaMA do; ``"interleaved"`` pairs
+    (x[2i], x[2i + 1]), as the RoPE paper and Meta's LLaMA code do. ``positions`` is (T,) for the whole batch or (B, T)
+    per row.
     """
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"x must have shape (B, T, N, H); got {tuple(getattr(x, 'shape', ()))}")
+    _check_layout(layout)
     positions = jnp.asarray(positions)
     if positions.shape not in ((x.shape[1],), x.shape[:2]):
         raise ValueError(f"positions must have shape (T,) = ({x.shape[1]},) or (B, T) = {x.shape[:2]}; "
                          f"got {positions.shape}")
     angles = rotary_angles(positions, x.shape[-1], base=base)[..., None, :]  # (T, 1, H/2) or (B, T, 1, H/2)
     cos, sin = jnp.cos(angles), jnp.sin(angles)
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # (B, T, N, H/2) each
-    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)  # (B, T, N, H)
+    x32 = x.astype(jnp.float32)
+    if layout == "half":
+        x1, x2 = jnp.split(x32, 2, axis=-1)  # (B, T, N, H/2) each
+        rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)  # (B, T, N, H)
+    else:
+        x1, x2 = x32[..., 0::2], x32[..., 1::2]  # (B, T, N, H/2) each
+        rotated = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(x.shape)  # (B, T, N, H)
     return rotated.astype(x.dtype)
+
+
+def rotary_permutation(head_width: int) -> np.ndarray:
+    """The order (0, 2, 4, .., H-2, 1, 3, .., H-1) that takes a head from the interleaved to the half layout.
+
+    ``apply_rotary(x[..., perm], p, layout="half") == apply_rotary(x, p, layout="interleaved")[..., perm]``, and the
+    inverse order is ``np.argsort(perm)``. Hugging Face's LLaMA converter permutes query and key weights this way.
+
+    >>> rotary_permutation(6).tolist()
+    [0, 2, 4, 1, 3, 5]
+    """
+    if not isinstance(head_width, int) or isinstance(head_width, bool) or head_width < 2 or head_width % 2:
+        raise ValueError(f"head_width must be a positive even int; got {head_width!r}")
+    return np.concatenate([np.arange(0, head_width, 2), np.arange(1, head_width, 2)])
+
+
+def convert_rotary_layout(weights: Any, num_heads: int, *, source: str, target: str) -> Any:
+    """A query or key projection's ``weights`` moved from the ``source`` to the ``target`` RoPE layout.
+
+    The last axis holds the projection's outputs, ``num_heads`` heads of H coordinates each: the kernel (D, N·H) of an
+    ``nnx.Linear`` or its bias (N·H,); transpose a PyTorch (N·H, D) weight first. Each head's H outputs are reordered
+    by ``rotary_permutation``; the scores, and so the model's outputs, stay the same. Value and output projections
+    carry no rotation and need no change.
+
+    >>> w = jnp.arange(8.0)[None, :]          # (D=1, N·H=8): two heads of width 4
+    >>> convert_rotary_layout(w, 2, source="interleaved", target="half").tolist()
+    [[0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]]
+    """
+    _check_layout(source, "source")
+    _check_layout(target, "target")
+    shape = tuple(getattr(weights, "shape", ()))
+    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive int; got {num_heads!r}")
+    if not shape or shape[-1] % num_heads or (shape[-1] // num_heads) % 2:
+        raise ValueError(f"weights must have a last axis of num_heads={num_heads} heads of even width; "
+                         f"got shape {shape}")
+    if source == target:
+        return weights
+    perm = rotary_permutation(shape[-1] // num_heads)
+    order = perm if source == "interleaved" else np.argsort(perm)
+    heads = weights.reshape(*shape[:-1], num_heads, shape[-1] // num_heads)  # (..., N, H)
+    return heads[..., order].reshape(shape)

@@ -316,3 +316,180 @@ def test_gpt2_file_errors(tmp_path):
     encoder_json.write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ValueError, match="must hold a JSON object of token -> int id"):
         BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)
+
+
+# ---- streaming encode -------------------------------------------------------------------------------------------
+
+# Fragments that stress the cuts: whitespace runs before words (GPT-2's \s+(?!\S)), "\n\n", "\r\n", contractions cut
+# after their apostrophe, special tokens cut in the middle, multi-byte characters.
+FRAGMENTS = ["a", "lo", " ", "   ", "\n", "\n\n", "\r\n", "\t", "'", "ll", "s", "'ve", "1", "23", "é", "😀", "语言",
+             ".", EOT, "<|end", "oftext|>", PAD, "<|", "|>"]
+
+
+def cut(text: str, cuts: list[int]) -> list[str]:
+    """``text`` cut at the positions ``cuts`` (any order, repeats allowed: they make empty pieces)."""
+    bounds = [0, *sorted(c % (len(text) + 1) for c in cuts), len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def streamed(tok: BPETokenizer, source, **kwargs) -> list[int]:
+    return [i for ids in tok.encode_stream(source, **kwargs) for i in ids.tolist()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=6)), max_size=30),
+       st.lists(st.integers(0, 10_000), max_size=12))
+def test_streaming_gives_the_ids_of_the_whole_text(tok, parts, cuts):
+    text = "".join(parts)
+    for options in ({"allowed_special": "all"}, {"disallowed_special": ()}, {"allowed_special": {PAD},
+                                                                              "disallowed_special": ()}):
+        assert streamed(tok, cut(text, cuts), **options) == tok.encode(text, **options).tolist()
+
+
+@pytest.mark.parametrize("chunks", [["a  ", "   b"], ["x\n", "\ny"], ["x'", "ll"], ["x'l", "l"], ["<|endo", "ftext|>"],
+                                    ["a ", " ", " ", "b"], ["", "ab", "", "\n\n", ""]])
+def test_streaming_across_hand_picked_cuts(tok, chunks):
+    text = "".join(chunks)
+    assert streamed(tok, chunks, allowed_special="all") == tok.encode(text, allowed_special="all").tolist()
+
+
+def test_why_the_end_of_a_piece_is_held_back(tok):
+    # A run of spaces at the end of a text is one pre-token; followed by a word, its last space joins the word.
+    assert tok._regex.findall("a   ") == ["a", "   "] and tok._regex.findall("a   b") == ["a", "  ", " b"]
+    assert tok._regex.findall("x'l") == ["x", "'", "l"] and tok._regex.findall("x'll") == ["x", "'ll"]
+
+
+def test_streaming_a_file_reads_it_as_stored(tok, tmp_path):
+    text = ("line one\r\nline two\n\n\n   indented\tcafé 😀\n" * 200) + f"{EOT}tail  "
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(text.encode("utf-8"))  # "\r\n" kept: the ids are those of the exact bytes on disk
+    for chunk_chars in (1, 7, 4096):
+        assert streamed(tok, path, allowed_special="all", chunk_chars=chunk_chars) == tok.encode(
+            text, allowed_special="all").tolist()
+
+
+def test_streaming_is_lazy_and_holds_little_back(tok):
+    import itertools
+
+    line = "the quick brown fox  \n\n"
+    first = list(itertools.islice(tok.encode_stream(itertools.repeat(line)), 50))  # an endless source
+    decoded = tok.decode(np.concatenate(first))
+    assert (line * 50).startswith(decoded) and len(decoded) > 49 * len(line) - 16  # only a few characters held back
+
+
+def test_streaming_errors(tok):
+    with pytest.raises(TypeError, match=r"got a str \(pass \[text\] to encode one text, or Path\(name\)"):
+        tok.encode_stream("a text")
+    with pytest.raises(TypeError, match="source must be an iterable of str or a pathlib.Path; got int"):
+        tok.encode_stream(3)
+    with pytest.raises(ValueError, match="chunk_chars must be a positive int; got 0"):
+        tok.encode_stream(["a"], chunk_chars=0)
+    with pytest.raises(TypeError, match="source must yield str pieces; got bytes"):
+        list(tok.encode_stream([b"bytes"]))
+    with pytest.raises(FileNotFoundError, match="source: no file at"):
+        tok.encode_stream(__import__("pathlib").Path("/nonexistent/corpus.txt"))
+    with pytest.raises(ValueError, match=r"special token '<\|endoftext\|>' at position 3, which is disallowed"):
+        list(tok.encode_stream(["ab", "c<|end", "oftext|>"]))  # cut inside the token; position counts all pieces
+    with pytest.raises(ValueError, match=r"allowed_special names \['<\|nope\|>'\]"):
+        tok.encode_stream(["a"], allowed_special={"<|nope|>"})
+
+
+# ---- special tokens first ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tok_first(tok) -> BPETokenizer:
+    corpus = data.load("pydoc")[:150_000] + "\n" + MULTILINGUAL
+    return BPETokenizer.train(corpus, 1024, special_tokens=[EOT, PAD], specials_first=True)
+
+
+def test_special_tokens_first_shift_every_other_id(tok, tok_first):
+    assert tok_first.special_tokens == {EOT: 0, PAD: 1} and tok_first.vocab[:2] == (EOT.encode(), PAD.encode())
+    assert tok_first.vocab[2:] == tok.vocab[:-2] and tok_first.vocab_size == tok.vocab_size == 1024
+    assert tok_first.merges == tuple((a + 2, b + 2) for a, b in tok.merges)
+    shifted = {tok.special_id(EOT): 0, tok.special_id(PAD): 1}
+    for text in VARIED:
+        ids = tok_first.encode(text, allowed_special="all").tolist()
+        assert ids == [shifted.get(i, i + 2) for i in tok.encode(text, allowed_special="all").tolist()]
+        assert ids == as_tiktoken(tok_first).encode(text, allowed_special="all")
+        assert tok_first.decode(ids) == text
+
+
+def test_hand_worked_special_tokens_first():
+    tok = BPETokenizer.train("ab<|x|>ab<|x|>ab", 260, special_tokens=["<|x|>"], specials_first=True)
+    assert tok.special_tokens == {"<|x|>": 0} and tok.byte_ids[ord("a")] == 98 and tok.merges == ((98, 99),)
+    assert tok.encode("ab<|x|>a", allowed_special="all").tolist() == [257, 0, 98]
+    assert tok.decode([257, 0, 98]) == "ab<|x|>a" and tok.decode_bytes([0]) == b"<|x|>"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from([EOT, PAD])), max_size=8))
+def test_special_tokens_first_round_trip(tok_first, parts):
+    text = "".join(parts)
+    ids = tok_first.encode(text, allowed_special="all")
+    assert tok_first.decode(ids, errors="strict") == text
+    assert ids.tolist().count(0) == text.count(EOT) and ids.tolist().count(1) == text.count(PAD)
+
+
+def test_special_tokens_first_save_and_load(tok_first, tmp_path):
+    path = tmp_path / "first.json"
+    tok_first.save(path)
+    content = json.loads(path.read_text())
+    assert content["special_tokens"] == {EOT: 0, PAD: 1} and content["byte_ids"] is None
+    loaded = BPETokenizer.load(path)
+    assert loaded == tok_first and loaded.vocab == tok_first.vocab
+    for text in VARIED:
+        assert loaded.encode(text, allowed_special="all").tolist() == tok_first.encode(text, allowed_special="all"
+                                                                                        ).tolist()
+    assert streamed(loaded, [f"a{EOT}", "b"], allowed_special="all") == [2 + 97, 0, 2 + 98]
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["specials-first", "specials-last"])
+def test_from_vocab_either_order(tok, tok_first, first):
+    source = tok_first if first else tok
+    vocab = dict(enumerate(source.vocab))
+    merges = [(source.vocab[a], source.vocab[b]) for a, b in source.merges]
+    rebuilt = BPETokenizer.from_vocab(vocab, merges, special_tokens=[EOT, PAD])
+    assert rebuilt == source and rebuilt.vocab == source.vocab
+    if not first:  # a special token missing from a vocab that has them last gets the next id
+        del vocab[1023]
+        assert BPETokenizer.from_vocab(vocab, merges, special_tokens=[EOT, PAD]).special_tokens == {EOT: 1022,
+                                                                                                     PAD: 1023}
+
+
+def test_from_vocab_of_gpt2_files(tmp_path):
+    gpt2 = BPETokenizer.from_gpt2_files(*write_gpt2_files(tmp_path, GPT2_MERGES, [EOT]))
+    vocab = dict(enumerate(gpt2.vocab))
+    merges = [(gpt2.vocab[a], gpt2.vocab[b]) for a, b in gpt2.merges]
+    assert BPETokenizer.from_vocab(vocab, merges, special_tokens=[EOT]) == gpt2  # permuted byte ids are kept
+
+
+def test_special_tokens_first_errors(tok_first):
+    vocab = dict(enumerate(tok_first.vocab))
+    merges = [(tok_first.vocab[a], tok_first.vocab[b]) for a, b in tok_first.merges]
+    with pytest.raises(ValueError, match=r"come first in vocab \(ids 0..1\), so all of them must be in vocab; "
+                                         r"missing: \['<\|new\|>'\]"):
+        BPETokenizer.from_vocab(vocab, merges, special_tokens=[EOT, PAD, "<|new|>"])
+    with pytest.raises(ValueError, match=r"merges\[0\] = .* must join two tokens of vocab into the token with the id "
+                                         r"258"):
+        BPETokenizer.from_vocab(vocab, merges[1:], special_tokens=[EOT, PAD])
+    with pytest.raises(ValueError, match=r"vocab must hold the 256 single bytes as the ids 0..255"):
+        BPETokenizer.from_vocab(vocab, merges, special_tokens=[])
+    with pytest.raises(ValueError, match=r"vocab must have the ids 0..1022, each once"):
+        BPETokenizer.from_vocab({i: t for i, t in vocab.items() if i != 5}, merges, special_tokens=[EOT, PAD])
+    with pytest.raises(ValueError, match=r"merges\[0\] must be a pair of ids, each in \[1, 256\]"):
+        BPETokenizer([(0, 97)], special_tokens={EOT: 0})  # id 0 is the special token, not a byte
+    with pytest.raises(ValueError, match=r"after the merges, \[256, 257\], or come first, \[0, 1\]; got \[0, 2\]"):
+        BPETokenizer([], special_tokens={EOT: 0, PAD: 2})
+    with pytest.raises(ValueError, match=r"byte_ids must be None or a permutation of the ids 1..256"):
+        BPETokenizer([], special_tokens={EOT: 0}, byte_ids=list(range(256)))
+    with pytest.raises(TypeError, match="specials_first must be a bool"):
+        BPETokenizer.train("hello", 300, special_tokens=[EOT], specials_first="yes")
+
+
+@pytest.mark.parametrize("module", ["bpe", "bpe_files", "bpe_stream", "bpe_train"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    assert doctest.testmod(importlib.import_module(f"labkit.{module}")).failed == 0
