@@ -1,4 +1,4 @@
-"""LoRA (Hu et al. 2021): freeze a weight matrix W and learn a low-rank change to it, W + (alpha / r) · A B.
+"""LoRA (Hu et al., ICLR 2022): freeze a weight matrix W and learn a low-rank change to it, W + (alpha / r) · A B.
 
 For a linear layer y = x W + b with W of shape (I, O), LoRA adds two small matrices, ``lora_a`` (I, r) and
 ``lora_b`` (r, O), and computes y = x W + b + (alpha / r) · (x A) B. ``lora_a`` starts random and ``lora_b`` at zero,
