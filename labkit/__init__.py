@@ -31,7 +31,8 @@ Modules, in the direction their dependencies point:
     metrics    sensitivity, specificity, predictive values, ROC AUC and calibration of binary classifiers (chapter 5)
     plot       training curves, confusion matrices, image grids
     book       glue a notebook's numbers and figures into the chapter text
-    selfcheck  checks with specific messages for students' code (selfcheck_core, selfcheck_ch04, selfcheck_lora)
+    selfcheck  checks with specific messages for students' code (selfcheck_core, selfcheck_ch02, selfcheck_ch03, selfcheck_ch04,
+               selfcheck_lora)
     grading    the sealed comparisons of the assignments' hidden tests
 """
 

@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections import Counter
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from labkit.bpe import BPETokenizer, _replace_pair
-from labkit.selfcheck_core import _fail
+from labkit.grading import on_references
+from labkit.selfcheck_core import _fail, check_rules
 
-__all__ = ["check_lr_schedule", "check_merge", "check_pair_counts", "check_train_bpe", "schedule_reference"]
+__all__ = ["BPE_FORBIDDEN", "bpe_references", "check_lr_schedule", "check_merge", "check_pair_counts",
+           "check_train_bpe", "merge_reference", "pair_counts_reference", "schedule_reference"]
+
+BPE_FORBIDDEN = ("BPETokenizer", "_replace_pair", "make_schedule", "warmup_cosine_decay_schedule",
+                 "cosine_decay_schedule", "optax", "labkit", "selfcheck")
+_WHY = "the assignment asks you to write it in plain Python (no labkit.bpe, labkit.optim or optax)"
+PARTS = ("pair_counts", "merge", "train_bpe", "lr_schedule")
+
+
+def pair_counts_reference(words: Mapping[tuple, int]) -> dict[tuple[int, int], int]:
+    """{pair: count} of adjacent ids inside each word, each word weighted by its count."""
+    counts: Counter = Counter()
+    for word, count in words.items():
+        for pair in zip(word, word[1:]):
+            counts[pair] += count
+    return dict(counts)
+
+
+def merge_reference(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """labkit.bpe's merge step: a new list, ``pair`` replaced by ``new_id`` from left to right."""
+    return list(_replace_pair(list(ids), tuple(pair), new_id))
+
+
+def bpe_references() -> dict[str, Callable]:
+    """The parts ``train_bpe`` calls, as labkit computes them: what its test gives it in place of the student's."""
+    return {"pair_counts": pair_counts_reference, "merge": merge_reference}
+
+
+def _alone(check: str, fn: Callable, part: str) -> Any:
+    check_rules(check, fn, BPE_FORBIDDEN, _WHY, parts=PARTS)
+    return on_references(fn, bpe_references(), keep=part)
 
 
 def check_pair_counts(pair_counts: Callable) -> str:
@@ -17,7 +49,8 @@ def check_pair_counts(pair_counts: Callable) -> str:
     name = "check_pair_counts"
     words = {(1, 2, 3): 2, (2, 3): 1, (4,): 5, (7, 7, 7): 1}
     expected = {(1, 2): 2, (2, 3): 3, (7, 7): 2}
-    counts = pair_counts(dict(words))
+    with _alone(name, pair_counts, "pair_counts"):
+        counts = pair_counts(dict(words))
     if not isinstance(counts, Mapping):
         _fail(name, f"pair_counts must return a dict {{pair: count}}; got {type(counts).__name__}")
     for pair, count in expected.items():
@@ -39,7 +72,8 @@ def check_merge(merge: Callable) -> str:
                                     " (scan left to right; a merged pair's ids are not used again)"),
                                     ([5], (5, 5), 9, ""), ([], (1, 2), 9, ""), ([2, 1], (1, 2), 9, "")):
         given = list(ids)
-        got = merge(given, pair, new_id)
+        with _alone(name, merge, "merge"):
+            got = merge(given, pair, new_id)
         if given != ids:
             _fail(name, f"merge changed the list it was given ({ids} became {given}); return a new list")
         expected = _replace_pair(ids, pair, new_id)
@@ -53,7 +87,8 @@ def check_train_bpe(train_bpe: Callable) -> str:
     name = "check_train_bpe"
     for text, n in (("aaabdaaabac", 3), ("low lower lowest", 2), ("ab ab ab", 5)):
         expected = list(BPETokenizer.train(text, vocab_size=256 + n).merges)
-        got = [tuple(int(i) for i in pair) for pair in train_bpe(text, n)]
+        with _alone(name, train_bpe, "train_bpe"):
+            got = [tuple(int(i) for i in pair) for pair in train_bpe(text, n)]
         for rank, (want, have) in enumerate(zip(expected, got)):
             if want != have:
                 _fail(name, f"merge {rank} of {text!r} must be {want}; got {have}. Pick the most frequent pair; on a "
@@ -77,6 +112,7 @@ def check_lr_schedule(lr_schedule: Callable) -> str:
     """``lr_schedule(step, peak_lr=, warmup_steps=, total_steps=, final_lr=)``: warm-up, then cosine decay."""
     name = "check_lr_schedule"
     settings = dict(peak_lr=1e-3, warmup_steps=10, total_steps=100, final_lr=1e-4)
+    check_rules(name, lr_schedule, BPE_FORBIDDEN, _WHY, parts=PARTS)
     for step in (0, 4, 9, 10, 55, 100, 150, *range(0, 120, 7)):
         want = schedule_reference(step, **settings)
         got = float(lr_schedule(step, **settings))

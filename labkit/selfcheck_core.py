@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["SelfCheckFailed"]
+__all__ = ["SelfCheckFailed", "check_rules"]
 
 
 class SelfCheckFailed(AssertionError):
     """A self-check found a mistake; the message names it and, where it can, suggests the cause."""
 
 
+# Messages are wrapped at this width, so that `nbgrader validate`, which cuts each line of an error at its
+# Validator.width (90 characters unless the course's configuration says 120), shows the whole hint.
+MESSAGE_WIDTH = 80
+
+
 def _fail(check: str, message: str) -> None:
-    raise SelfCheckFailed(f"{check}: {message}")
+    raise SelfCheckFailed(textwrap.fill(f"{check}: {message}", width=MESSAGE_WIDTH, break_long_words=False,
+                                        break_on_hyphens=False))
 
 
-def _array(check: str, what: str, value: Any, shape: tuple[int, ...] | None = None, hint: str = "") -> np.ndarray:
-    """``value`` as a NumPy array of ``shape``, or a SelfCheckFailed that says what came back instead."""
+def _array(check: str, what: str, value: Any, shape: tuple[int, ...] | None = None, hint: str = "",
+           layout: str = "") -> np.ndarray:
+    """``value`` as a NumPy array of ``shape`` (named ``layout``, say "(B, N, T, S)"), or a SelfCheckFailed that says
+    what came back instead."""
     if isinstance(value, tuple) and shape is not None and len(shape) != 1:
         _fail(check, f"{what} must be one array of shape {shape}; got a tuple of {len(value)} items")
     try:
@@ -28,7 +37,10 @@ def _array(check: str, what: str, value: Any, shape: tuple[int, ...] | None = No
     if array.dtype == object:
         _fail(check, f"{what} must be an array of numbers; got {type(value).__name__} holding non-numbers")
     if shape is not None and array.shape != tuple(shape):
-        _fail(check, f"{what} must have shape {tuple(shape)}; got {array.shape}{hint}")
+        named = f" = {layout}" if layout else ""
+        order = ("; your axes are the right sizes in another order" if sorted(array.shape) == sorted(shape)
+                 and len(set(shape)) > 1 else "")
+        _fail(check, f"{what} must have shape {tuple(shape)}{named}; yours has shape {array.shape}{order}{hint}")
     return array
 
 
@@ -59,3 +71,13 @@ def _compare(check: str, what: str, actual: np.ndarray, expected: Any, *, rtol: 
             _fail(check, f"{what}: {explanation}")
     _fail(check, f"{what}: wrong at index {where}: got {actual[where]:.6g}, expected {expected[where]:.6g} "
                  f"(the largest difference beyond tolerance){hint}")
+
+
+def check_rules(check: str, fn: Any, forbidden: Sequence[str], why: str, parts: Sequence[str] = ()) -> None:
+    """Fail if ``fn`` (or a helper of the student's it calls, other than the assignment's ``parts``) uses one of the
+    ``forbidden`` names; ``why`` says why."""
+    from labkit.grading import forbidden_names
+
+    used = forbidden_names(fn, forbidden, skip=parts)
+    if used:
+        _fail(check, f"it uses {', '.join(used)}: {why}")

@@ -11,17 +11,39 @@ W (I, O), plus the adapters A (I, r) and B (r, O), scaled by alpha / r.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from labkit.grading import on_references
 from labkit.lora import LoRALinear, LoRAParam
-from labkit.selfcheck_core import _array, _compare, _fail
+from labkit.selfcheck_core import _array, _compare, _fail, check_rules
 
-__all__ = ["check_lora_forward", "check_lora_merge", "check_lora_param_count", "check_lora_step", "lora_case",
-           "lora_forward_reference", "lora_merge_reference", "lora_param_count_reference", "lora_step_reference"]
+__all__ = ["LORA_FORBIDDEN", "check_lora_forward", "check_lora_merge", "check_lora_param_count", "check_lora_step",
+           "lora_case", "lora_forward_function", "lora_forward_reference", "lora_merge_reference",
+           "lora_param_count_reference", "lora_references", "lora_step_reference"]
+
+LORA_FORBIDDEN = ("LoRALinear", "LoRAParam", "labkit", "selfcheck")
+_WHY = "the assignment asks you to write it with NumPy and jax.numpy (no labkit.lora)"
+PARTS = ("lora_forward", "merge", "lora_param_count", "lora_step")
+
+
+def lora_forward_function(x, W, b, A, B, alpha):
+    """x W + b + (alpha / r) (x A) B in jax.numpy, differentiable (``jax.grad`` can trace it); equals
+    ``lora_forward_reference``, labkit's layer."""
+    return jnp.asarray(x) @ W + b + (alpha / jnp.shape(A)[1]) * ((jnp.asarray(x) @ A) @ B)
+
+
+def lora_references() -> dict[str, Callable]:
+    """The part ``lora_step`` calls, as labkit computes it: what its test gives it in place of the student's."""
+    return {"lora_forward": lora_forward_function}
+
+
+def _alone(check: str, fn: Callable, part: str) -> Any:
+    check_rules(check, fn, LORA_FORBIDDEN, _WHY, parts=PARTS)
+    return on_references(fn, lora_references(), keep=part)
 
 
 def lora_case(rng: np.random.Generator, *, batch: int, inputs: int, outputs: int,
@@ -75,8 +97,9 @@ def check_lora_forward(lora_forward: Callable) -> str:
     rng = np.random.default_rng(0)
     for batch, inputs, outputs, rank, alpha in ((3, 5, 4, 2, 4.0), (1, 8, 8, 1, 1.0), (6, 3, 7, 3, 16.0)):
         x, W, b, A, B = lora_case(rng, batch=batch, inputs=inputs, outputs=outputs, rank=rank)
-        got = _array(name, f"lora_forward on x {x.shape}, rank {rank}",
-                     lora_forward(x.copy(), W.copy(), b.copy(), A.copy(), B.copy(), alpha), (batch, outputs))
+        with _alone(name, lora_forward, "lora_forward"):
+            got = lora_forward(x.copy(), W.copy(), b.copy(), A.copy(), B.copy(), alpha)
+        got = _array(name, f"lora_forward on x {x.shape}, rank {rank}", got, (batch, outputs), layout="(batch, O)")
         base = x @ W + b
         _compare(name, f"lora_forward (rank {rank}, alpha {alpha})", got,
                  lora_forward_reference(x, W, b, A, B, alpha=alpha), likely=[
@@ -94,7 +117,9 @@ def check_lora_merge(merge: Callable) -> str:
     for inputs, outputs, rank, alpha in ((5, 4, 2, 4.0), (6, 6, 3, 1.0)):
         x, W, b, A, B = lora_case(rng, batch=4, inputs=inputs, outputs=outputs, rank=rank)
         given = W.copy()
-        got = _array(name, f"merge of W {W.shape}", merge(given, A, B, alpha), (inputs, outputs))
+        with _alone(name, merge, "merge"):
+            got = _array(name, f"merge of W {W.shape}", merge(given, A, B, alpha), (inputs, outputs),
+                         layout="the shape of W")
         if not np.array_equal(given, W):
             _fail(name, "merge changed the W it was given; return a new array (W + ..., not W += ...)")
         _compare(name, f"the merged kernel (rank {rank}, alpha {alpha})", got,
@@ -110,7 +135,8 @@ def check_lora_param_count(lora_param_count: Callable) -> str:
     """``lora_param_count(shapes, rank)``: (adapter parameters, frozen parameters); ValueError for a bad rank."""
     name = "check_lora_param_count"
     for shapes, rank in (([(768, 768)], 8), ([(768, 768), (768, 3072), (3072, 768)], 4), ([(10, 3)], 3)):
-        got = lora_param_count(list(shapes), rank)
+        with _alone(name, lora_param_count, "lora_param_count"):
+            got = lora_param_count(list(shapes), rank)
         expected = lora_param_count_reference(shapes, rank)
         if not isinstance(got, tuple) or len(got) != 2:
             _fail(name, f"lora_param_count must return a tuple (adapter, frozen); got {got!r}")
@@ -135,7 +161,8 @@ def check_lora_step(lora_step: Callable) -> str:
         x, W, b, A, B = lora_case(rng, batch=8, inputs=inputs, outputs=outputs, rank=rank)
         y = rng.normal(size=(8, outputs)).astype(np.float32)
         settings = dict(alpha=2.0, learning_rate=0.05)
-        got = lora_step(W.copy(), b.copy(), A.copy(), B.copy(), x, y, **settings)
+        with _alone(name, lora_step, "lora_step"):
+            got = lora_step(W.copy(), b.copy(), A.copy(), B.copy(), x, y, **settings)
         if not isinstance(got, tuple) or len(got) != 3:
             _fail(name, f"lora_step must return a tuple (new A, new B, loss); got {type(got).__name__}")
         new_a, new_b, loss = (_array(name, what, value, shape) for what, value, shape in

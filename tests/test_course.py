@@ -9,9 +9,12 @@ and export grades, then checks every part's exact score.
 from __future__ import annotations
 
 import csv
+import datetime
+import html
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,19 +22,30 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from labkit import selfcheck
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "course.py"
 COURSE_ID = "large-models"
 GENERATED = ("release", "submitted", "autograded", "feedback", "gradebook.db", "*.csv", ".ipynb_checkpoints")
 
-_spec = importlib.util.spec_from_file_location("course_tool", SCRIPT)
-course_tool = sys.modules["course_tool"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(course_tool)
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+course_tool = _load("course_tool", SCRIPT)
+course_preprocessors = _load("course_preprocessors", ROOT / "course" / "course_preprocessors.py")
 
 
 def nbgrader_meta(grade_id: str, *, grade: bool = False, solution: bool = False, locked: bool = False,
@@ -90,6 +104,61 @@ def test_scan_finds_solution_and_hidden_test_lines(tmp_path):
                                                                        tmp_path / "source.ipynb"))
 
 
+def test_feedback_keeps_results_and_drops_hidden_code():
+    nb = small_release()
+    nb.cells[1].source = "import numpy as np\n### BEGIN HIDDEN TESTS\nrng = np.random.default_rng(20_250_902)\n" \
+                         "_grade = make_grader(rng)\n### END HIDDEN TESTS"
+    nb.cells[3].source = "assert f(1) == 2\n### BEGIN HIDDEN TESTS\nprint(_grade('f', f))\n### END HIDDEN TESTS"
+    nb.cells[3].outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="f: visible check passed\n"),
+        nbformat.v4.new_output("error", ename="AssertionError", evalue="f on B=3: wrong at index (0,)", traceback=[
+            "\x1b[0;31m----------\x1b[0m",
+            "Cell In[4], line 3\n\x1b[1;32m----> 3\x1b[0m print(_grade(\x1b[33m'f'\x1b[0m, f))",
+            "File grading.py:120, in grade(part, fn)\n    assert False, message",
+            "\x1b[0;31mAssertionError\x1b[0m: f on B=3: wrong at index (0,)"])]
+    nb, _ = course_preprocessors.HideHiddenTests().preprocess(nb, {})
+    text = json.dumps(nb)
+    for secret in ("default_rng(20_250_902)", "make_grader", "_grade(", "HIDDEN TESTS"):
+        assert secret not in text, secret
+    assert nb.cells[1].source == "import numpy as np" and nb.cells[3].source == "assert f(1) == 2"
+    assert "f: visible check passed" in text and "wrong at index (0,)" in text
+    assert course_preprocessors.HIDDEN_NOTE in nb.cells[3].outputs[1].traceback
+
+
+def test_options_go_anywhere_and_reach_nbgrader():
+    args = course_tool.parse(["autograde", "--force", "ch02_backprop", "--student", "bob", "ch03_attention"])
+    assert args.assignments == ["ch02_backprop", "ch03_attention"]
+    assert course_tool.passed_on(args, "autograde") == ["--force", "--student=bob"]
+    assert course_tool.passed_on(course_tool.parse(["collect", "--update", "ch02_backprop"]), "collect") == ["--update"]
+    assert course_tool.passed_on(course_tool.parse(["publish", "ch02_backprop", "--force"]), "release_assignment") == \
+        ["--force"]
+
+
+def test_reseed_gives_each_term_its_own_hidden_inputs(tmp_path):
+    course = tmp_path / "course"
+    shutil.copytree(ROOT / "course" / "source", course / "source")
+    first = course_tool.reseed(course, ["ch02_backprop", "ch03_attention"], "2026-spring")
+    assert first == course_tool.reseed(course, ["ch02_backprop", "ch03_attention"], "2026-spring")
+    second = course_tool.reseed(course, ["ch02_backprop"], "2026-autumn")
+    assert second["ch02_backprop"] != first["ch02_backprop"] != first["ch03_attention"]
+    nb = nbformat.read(course / "source" / "ch02_backprop" / "backprop.ipynb", as_version=4)
+    assert f"default_rng({second['ch02_backprop']:_})" in nb.cells[1].source
+    original = nbformat.read(ROOT / "course" / "source" / "ch02_backprop" / "backprop.ipynb", as_version=4)
+    assert nb.cells[1].source.split("### BEGIN")[0] == original.cells[1].source.split("### BEGIN")[0]
+
+
+def test_guide_names_nbgraders_default_exchange():
+    from nbgrader.exchange.default.exchange import Exchange
+
+    default = Exchange().root
+    guide = (ROOT / "book" / "instructor_guide.md").read_text()
+    assert default == "/usr/local/share/nbgrader/exchange" and default in guide
+    assert "/srv/nbgrader/exchange" not in guide
+    for config in ("nbgrader_config.py", "student_nbgrader_config.py"):
+        text = (ROOT / "course" / config).read_text()
+        assert "/srv/nbgrader" not in text
+
+
 # ---- slow: a whole term -------------------------------------------------------------------------------------------
 
 TAMPER_CH03 = '''
@@ -133,7 +202,19 @@ for name in dir(labkit.selfcheck):
 # Each submission: answers replaced ({cell: source}, the reference solution elsewhere, or the untouched release),
 # read-only cells edited, a cell of the student's own inserted after a given cell.
 SUBMISSIONS = {
-    "ch02_backprop": {"reference": {}, "untouched": None},
+    "ch02_backprop": {
+        "reference": {},
+        "untouched": None,
+        # One bug: the derivative of tanh taken at a, not at h. train, which calls backward, must keep its points.
+        "broken_backward": {"answers": {"backward": '''
+def backward(params, x, y):
+    a, h, z = forward(params, x)
+    _, dz = softmax_cross_entropy(z, y)
+    dh = dz @ params["W2"].T
+    da = dh * (1.0 - a**2)
+    return {"W1": x.T @ da, "b1": da.sum(axis=0), "W2": h.T @ dz, "b2": dz.sum(axis=0)}
+'''}},
+    },
     "ch03_attention": {
         "reference": {},
         "untouched": None,
@@ -157,6 +238,30 @@ def attention_weights(q, k, mask=None):
     weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
     return weights / weights.sum(axis=-1, keepdims=True)
 '''}},
+        # One bug each: parts 3 and 4 call attention_weights, and must keep their points.
+        "no_scale": {"answers": {"attention_weights": '''
+def attention_weights(q, k, mask=None):
+    scores = jnp.einsum("btnh,bsnh->bnts", q, k)
+    if mask is not None:
+        scores = jnp.where(mask, scores, -1e30)
+    weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
+    return weights / weights.sum(axis=-1, keepdims=True)
+'''}},
+        "causal_only": {"answers": {"attention_weights": '''
+def attention_weights(q, k, mask=None):
+    scores = jnp.einsum("btnh,bsnh->bnts", q, k) / jnp.sqrt(q.shape[-1])
+    if mask is not None:  # "the mask is always causal"
+        scores = jnp.where(jnp.tril(jnp.ones(scores.shape[-2:], dtype=bool)), scores, -1e30)
+    weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
+    return weights / weights.sum(axis=-1, keepdims=True)
+'''}},
+        "softmax": {"answers": {"attention_weights": '''
+def attention_weights(q, k, mask=None):
+    scores = jnp.einsum("btnh,bsnh->bnts", q, k) / jnp.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = jnp.where(mask, scores, -1e30)
+    return jax.nn.softmax(scores, axis=-1)
+'''}, "insert": ("setup", "import jax")},
         "edits": {"answers": {"causal_mask": "def causal_mask(T):\n    return jnp.ones((T, T), dtype=bool)"},
                   "edit": {"test_causal_mask": 'print("causal_mask: all good")'}},
         "tamper": {"answers": {
@@ -180,7 +285,7 @@ def attention_weights(q, k, mask=None):
     "ch04_lora": {
         "reference": {},
         "untouched": None,
-        # The update is not scaled by alpha / r; lora_step calls lora_forward, so it inherits the bug.
+        # The update is not scaled by alpha / r; lora_step calls lora_forward, and is graded on labkit's.
         "unscaled": {"answers": {"lora_forward": "def lora_forward(x, W, b, A, B, alpha):\n    return x @ W + b + (x @ A) @ B"}},
     },
 }
@@ -195,16 +300,20 @@ PARTS = {
 # The parts each submission loses; every other part earns full points.
 LOST = {
     ("ch02_backprop", "untouched"): set(PARTS["ch02_backprop"]),
+    ("ch02_backprop", "broken_backward"): {"test_backward"},
     ("ch03_attention", "untouched"): set(PARTS["ch03_attention"]),
     ("ch03_attention", "raises"): {"test_causal_self_attention"},
     ("ch03_attention", "loops"): {"test_causal_self_attention"},
-    ("ch03_attention", "memory"): {"test_attention_weights", "test_attention", "test_causal_self_attention"},
-    ("ch03_attention", "edits"): {"test_causal_mask", "test_causal_self_attention"},
+    ("ch03_attention", "memory"): {"test_attention_weights"},
+    ("ch03_attention", "no_scale"): {"test_attention_weights"},
+    ("ch03_attention", "causal_only"): {"test_attention_weights"},
+    ("ch03_attention", "softmax"): {"test_attention_weights"},
+    ("ch03_attention", "edits"): {"test_causal_mask"},
     ("ch03_attention", "tamper"): {"test_attention_weights", "test_attention", "test_causal_self_attention"},
     ("ch04_bpe_schedule", "untouched"): set(PARTS["ch04_bpe_schedule"]),
     ("ch04_bpe_schedule", "tamper"): {"test_train_bpe", "test_lr_schedule"},
     ("ch04_lora", "untouched"): set(PARTS["ch04_lora"]),
-    ("ch04_lora", "unscaled"): {"test_lora_forward", "test_lora_step"},
+    ("ch04_lora", "unscaled"): {"test_lora_forward"},
 }
 
 
@@ -265,7 +374,9 @@ class Term:
         shutil.copytree(ROOT / "course", self.course, ignore=shutil.ignore_patterns(*GENERATED))
         self.exchange.mkdir()
         self.exchange.chmod(0o777)
-        self.env = student_env({**os.environ, "COURSE_EXCHANGE": str(self.exchange), "COURSE_CELL_TIMEOUT": "30",
+        # 90 s a cell: a setup cell that needs seconds on an idle machine took over 30 on a shared 2-core one (load
+        # 16), and a timed-out setup cell fails the whole notebook; the looping submission costs these 90 s.
+        self.env = student_env({**os.environ, "COURSE_EXCHANGE": str(self.exchange), "COURSE_CELL_TIMEOUT": "90",
                                 "PATH": os.pathsep.join([str(Path(sys.executable).parent),
                                                          os.environ.get("PATH", "")])}, work / "teacher")
         self.seconds: dict[str, float] = {}  # command -> seconds, summed (commands run in parallel count each)
@@ -293,12 +404,16 @@ class Term:
         return self.run(command, home, f"student {args[0]}", env=student_env(self.env, home))
 
 
-def run_term(work: Path, submissions: dict[str, dict[str, dict | None]]) -> Term:
-    """A whole term in ``work``: release, publish, students fetch and submit at once, collect, grade, feed back."""
+def run_term(work: Path, submissions: dict[str, dict[str, dict | None]],
+             before_submit: Callable[[Term], None] | None = None) -> Term:
+    """A whole term in ``work``: release, publish, students fetch and submit at once, collect, grade, feed back.
+    ``before_submit(term)`` runs after publishing (a roster, due dates, extensions)."""
     start = time.monotonic()
     term = Term(work)
     term.teacher("release", *submissions)
     term.teacher("publish", *submissions)
+    if before_submit is not None:
+        before_submit(term)
     for assignment, students in submissions.items():
         term.student("fetcher", "fetch_assignment", assignment)
         for nb_path in sorted((term.course / "release" / assignment).glob("*.ipynb")):
@@ -370,16 +485,18 @@ def test_failures_are_specific(term):
     def outputs(student: str, cell_id: str) -> str:
         nb = nbformat.read(term.course / "autograded" / student / "ch03_attention" / "attention.ipynb", 4)
         cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == cell_id)
-        return json.dumps(cell.outputs)
+        return " ".join(json.dumps(cell.outputs).replace("\\n", " ").split())  # hints are wrapped at 80 columns
 
     assert "MemoryError" in outputs("memory", "test_attention_weights")  # the limit, not the machine, stopped it
     assert "CellTimeoutError" in outputs("loops", "test_causal_self_attention") or \
         "KeyboardInterrupt" in outputs("loops", "test_causal_self_attention")
     assert "ValueError" in outputs("raises", "test_causal_self_attention")
     assert "future positions are attended" in outputs("edits", "test_causal_mask")
-    assert "the update is not scaled" in json.dumps(next(
+    assert "masked keys are attended" in outputs("causal_only", "test_attention_weights")  # a visible check finds it
+    assert "check_attention_weights: it uses softmax" in outputs("softmax", "test_attention_weights")  # a rule
+    assert "the update is not scaled" in " ".join(json.dumps(next(
         c.outputs for c in nbformat.read(term.course / "autograded" / "unscaled" / "ch04_lora" / "lora.ipynb", 4).cells
-        if c.metadata.get("nbgrader", {}).get("grade_id") == "test_lora_forward"))
+        if c.metadata.get("nbgrader", {}).get("grade_id") == "test_lora_forward")).replace("\\n", " ").split())
     # The time each step took is printed by the fixture (seconds per step), not asserted: on a shared machine a
     # time limit in a test fails for reasons that are not the code's. A looping cell is stopped by the cell timeout.
 
@@ -397,6 +514,101 @@ def test_grades_reach_the_csv_and_feedback_is_returned(term):
         assert (term.course / "feedback" / student / assignment / f"{notebook}.html").exists()
     returned = list((term.exchange / COURSE_ID / "feedback").glob("*.html"))
     assert len(returned) == len(submitted)
+
+
+def visible_text(path: Path) -> str:
+    """What a browser shows of an HTML file: tags dropped, entities decoded (highlighted code becomes plain again)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", path.read_text()))
+
+
+@pytest.mark.slow
+def test_feedback_shows_results_but_no_hidden_test(term):
+    secret = {}
+    for source_nb in sorted((term.course / "source").glob("*/*.ipynb")):
+        lines = course_preprocessors.hidden_lines(nbformat.read(source_nb, as_version=4))
+        secret[source_nb.parent.name] = {line for line in lines if len(line) >= 12}
+        assert any("default_rng(" in line for line in secret[source_nb.parent.name])  # the seed is among them
+    returned = list((term.exchange / COURSE_ID / "feedback").glob("*.html"))
+    everything = set().union(*secret.values())
+    for path in [*term.course.glob("feedback/*/*/*.html"), *returned]:
+        text = visible_text(path)
+        leaked = sorted(line for line in everything if line in text)
+        assert not leaked, f"{path} shows hidden test code: {leaked[:3]}"
+        assert "_hidden_grader" not in text and "sealed_grader" not in text
+    # The results are there: every part's hidden message for the reference, the failing part's message otherwise.
+    reference = visible_text(term.course / "feedback" / "reference" / "ch03_attention" / "attention.html")
+    for part in ("causal_mask", "attention_weights", "attention", "causal_self_attention"):
+        assert f"{part}: hidden cases passed" in reference
+    no_scale = visible_text(term.course / "feedback" / "no_scale" / "ch03_attention" / "attention.html")
+    no_scale = " ".join(no_scale.split())
+    assert "without the scale" in no_scale
+
+
+@pytest.mark.slow
+def test_validate_shows_whole_hints_with_the_students_config(term):
+    """A student with the course's student configuration validates a notebook whose attention assumes a causal mask:
+    the padding-mask check fails, and validate prints the whole hint, not a line cut at 90 characters."""
+    home = term.work / "students" / "causal_only"
+    (home / ".jupyter").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "course" / "student_nbgrader_config.py", home / ".jupyter" / "nbgrader_config.py")
+    env = {**student_env(term.env, home), "JUPYTER_CONFIG_DIR": str(home / ".jupyter")}
+    env.pop("COURSE_EXCHANGE")
+    result = term.run([sys.executable, "-m", "nbgrader", "validate", "ch03_attention/attention.ipynb"], home,
+                      "student validate", check=False, env=env)
+    namespace = {"jnp": __import__("jax.numpy", fromlist=["numpy"])}
+    exec(SUBMISSIONS["ch03_attention"]["causal_only"]["answers"]["attention_weights"], namespace)
+    with pytest.raises(AssertionError) as hint:
+        selfcheck.check_attention_weights(namespace["attention_weights"])
+    shown = " ".join(result.stdout.split())
+    assert " ".join(str(hint.value).split()) in shown, result.stdout
+    assert "masked keys are attended" in shown
+
+
+LATE_TERM = {"ch04_lora": {"ontime": {}, "late": {}}}
+
+
+@pytest.mark.slow
+def test_roster_due_date_extension_late_penalty_resubmission_and_regrade(tmp_path):
+    """The workflow of a real term on one assignment: a roster, a due date an hour ago, an extension for one student,
+    a late penalty for the other, a student who never submits, the export, a re-release, a resubmission and a
+    regrade of one student; and a teacher whose ~/.jupyter/nbgrader_config.py only names the course root."""
+    roster = tmp_path / "roster.csv"
+    roster.write_text("id,first_name,last_name,email\nontime,Ada,Lovelace,ada@example.org\n"
+                      "late,Alan,Turing,alan@example.org\nabsent,Grace,Hopper,grace@example.org\n")
+    due = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    def before_submit(term: Term) -> None:
+        term.teacher("roster", "--file", str(roster))
+        term.teacher("due", "ch04_lora", "--at", due)
+        term.teacher("extend", "--student", "ontime", "ch04_lora", "--days", "2")
+
+    term = run_term(tmp_path / "term", LATE_TERM, before_submit)
+    with open(term.course / "grades.csv", newline="") as f:
+        rows = {r["student_id"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"ontime", "late", "absent"}
+    assert (rows["absent"]["status"], float(rows["absent"]["score"]), rows["absent"]["email"]) == \
+        ("missing", 0.0, "grace@example.org")
+    assert (rows["ontime"]["status"], float(rows["ontime"]["score"])) == ("on time", 10.0)
+    assert rows["late"]["status"] == "late" and rows["late"]["first_name"] == "Alan"
+    assert (float(rows["late"]["raw_score"]), float(rows["late"]["late_penalty"]), float(rows["late"]["score"])) == \
+        (10.0, 1.0, 9.0)  # 10% of the score per started day late (COURSE_LATE_PERCENT_PER_DAY)
+    # Re-release a fixed assignment, accept a resubmission, regrade one student.
+    term.teacher("release", "ch04_lora")
+    term.teacher("publish", "--force", "ch04_lora")
+    term.student("late", "submit", "ch04_lora", "--student=late")
+    term.teacher("collect", "ch04_lora", "--update")
+    regrade = term.teacher("autograde", "ch04_lora", "--force", "--student", "late")
+    assert "ch04_lora late: 10" in regrade.stdout
+    term.teacher("feedback", "--force", "--student", "late", "ch04_lora")
+    # A teacher's own config that only names the course root: nbgrader then reads course/nbgrader_config.py itself.
+    home = term.work / "teacher"
+    (home / ".jupyter").mkdir(parents=True, exist_ok=True)
+    (home / ".jupyter" / "nbgrader_config.py").write_text(
+        f"c = get_config()\nc.CourseDirectory.root = {str(term.course)!r}\n")
+    env = {**term.env, "JUPYTER_CONFIG_DIR": str(home / ".jupyter")}
+    env.pop("COURSE_EXCHANGE")
+    listed = term.run([sys.executable, "-m", "nbgrader", "db", "assignment", "list"], home, "teacher list", env=env)
+    assert "ch04_lora" in listed.stdout + listed.stderr
 
 
 # ---- nothing outside the term's folder ----------------------------------------------------------------------------
