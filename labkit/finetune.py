@@ -16,7 +16,7 @@ response tokens (``instruction_data``, ``masked_lm_loss``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -27,9 +27,10 @@ from jaxtyping import Array, Float, Int
 from labkit.data import ArrayData
 from labkit.lm import cross_entropy
 from labkit.lora import LoRAParam
+from labkit.train import LossFn, fit
 
-__all__ = ["IGNORE", "REGIMES", "AtPath", "instruction_data", "masked_cross_entropy", "masked_lm_loss",
-           "optimizer_bytes", "trainable", "trainable_count"]
+__all__ = ["IGNORE", "REGIMES", "AtPath", "EarlyStopped", "fit_early_stopping", "instruction_data",
+           "masked_cross_entropy", "masked_lm_loss", "optimizer_bytes", "trainable", "trainable_count"]
 
 REGIMES = ("full", "probe", "lora")
 IGNORE = -1  # the target of a position the loss skips (prompt and padding in instruction tuning)
@@ -78,6 +79,73 @@ def optimizer_bytes(optimizer: nnx.Optimizer) -> int:
     if not isinstance(optimizer, nnx.Optimizer):
         raise TypeError(f"optimizer must be an nnx.Optimizer; got {type(optimizer).__name__}")
     return sum(int(leaf.nbytes) for leaf in jax.tree.leaves(nnx.state(optimizer.opt_state)))
+
+
+# ---- training until the validation score stops improving ---------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EarlyStopped:
+    """What ``fit_early_stopping`` did: the steps it trained, the step whose weights it kept, the scores it saw."""
+
+    steps: int  # optimizer steps trained in all
+    best_step: int  # the step after which the validation score was best: the model holds these weights
+    best_score: float
+    eval_steps: list[int]  # the steps after which the validation score was measured
+    scores: list[float]
+    stopped_early: bool  # True if patience ran out before max_steps
+
+
+def fit_early_stopping(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    loss_fn: LossFn,
+    train: ArrayData,
+    *,
+    score_fn: Callable[[nnx.Module], float],
+    max_steps: int,
+    eval_every: int,
+    patience: int,
+    batch_size: int,
+    key: jax.Array,
+) -> EarlyStopped:
+    """Train with ``fit`` for up to ``max_steps`` steps, scoring the model on validation data every ``eval_every``.
+
+    ``score_fn(model)`` returns a validation score, higher is better (it runs with dropout off). Training stops once
+    ``patience`` scores in a row have not beaten the best, and the model is left with the weights of its best score
+    (the earliest, on a tie). Each stretch of ``eval_every`` steps draws its batches with ``fold_in(key, stretch)``.
+
+    >>> run = fit_early_stopping(model, optimizer, classifier_loss, train, score_fn=lambda m: valid_accuracy(m),
+    ...                          max_steps=200, eval_every=20, patience=3, batch_size=16, key=jax.random.key(0))
+    >>> run.best_step, run.steps, run.stopped_early                     # doctest: +SKIP
+    (60, 120, True)
+    """
+    for name, value in (("max_steps", max_steps), ("eval_every", eval_every), ("patience", patience)):
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}")
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be a function of the model returning a float; got {type(score_fn).__name__}")
+    run = EarlyStopped(steps=0, best_step=0, best_score=-np.inf, eval_steps=[], scores=[], stopped_early=False)
+    best, waited = None, 0
+    while run.steps < max_steps:
+        stretch = min(eval_every, max_steps - run.steps)
+        fit(model, optimizer, loss_fn, train, steps=stretch, batch_size=batch_size,
+            key=jax.random.fold_in(key, len(run.scores)), progress=False)
+        run.steps += stretch
+        model.eval()
+        score = float(score_fn(model))
+        model.train()
+        run.eval_steps.append(run.steps)
+        run.scores.append(score)
+        if score > run.best_score:
+            run.best_score, run.best_step, best, waited = score, run.steps, nnx.clone(model), 0
+        else:
+            waited += 1
+            if waited >= patience:
+                run.stopped_early = run.steps < max_steps
+                break
+    nnx.update(model, nnx.state(best))
+    return run
 
 
 # ---- instruction tuning -----------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from labkit.gpt import GPT
 from labkit.masks import padding_mask
 from labkit.nn import accuracy, cross_entropy
 
-__all__ = ["POOLINGS", "Classifier", "classifier_accuracy", "classifier_loss", "lengths_of", "pool"]
+__all__ = ["POOLINGS", "Classifier", "balanced_accuracy", "classifier_accuracy", "classifier_loss", "lengths_of",
+           "pool", "predict"]
 
 POOLINGS = ("last", "mean")
 
@@ -109,3 +110,42 @@ def classifier_loss(model: Classifier, x: Int[Array, "B T"], y: Int[Array, " B"]
 def classifier_accuracy(model: Classifier, x: Int[Array, "B T"], y: Int[Array, " B"]) -> Float[Array, ""]:
     """Fraction of rows classified correctly: a metric for ``evaluate``."""
     return accuracy(model(x), y)
+
+
+@nnx.jit
+def _argmax(model: nnx.Module, x: Int[Array, "B T"]) -> Int[Array, " B"]:
+    return jnp.argmax(model(x), axis=-1)
+
+
+def predict(model: nnx.Module, x: Int[np.ndarray, "n T"], *, batch_size: int = 256) -> np.ndarray:
+    """The predicted class (n,) of every row of ``x``, in batches of ``batch_size`` (call ``model.eval()`` first)."""
+    x = np.asarray(x)
+    if x.ndim < 1 or len(x) == 0:
+        raise ValueError(f"x must hold at least one row; got shape {x.shape}")
+    if type(batch_size) is not int or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    return np.concatenate([np.asarray(_argmax(model, jnp.asarray(x[i : i + batch_size])))
+                           for i in range(0, len(x), batch_size)])
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """The mean over classes of the share of that class's examples predicted correctly (the mean recall).
+
+    Unlike accuracy, it does not reward predicting the commonest class: a model that predicts one class for every
+    example scores exactly 1 / C, however the test set is balanced. Classes absent from ``y_true`` are skipped.
+
+    >>> balanced_accuracy(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]), 2)   # accuracy 0.75, but only class 0 right
+    0.5
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.ndim != 1 or y_true.shape != y_pred.shape or len(y_true) == 0:
+        raise ValueError(f"y_true and y_pred must be 1-D arrays of the same non-zero length; got shapes "
+                         f"{y_true.shape} and {y_pred.shape}")
+    if type(num_classes) is not int or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}")
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
+            raise ValueError(f"{name} must hold int labels in [0, {num_classes - 1}]; got {y.dtype} "
+                             f"from {y.min()} to {y.max()}")
+    present = [c for c in range(num_classes) if (y_true == c).any()]
+    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in present]))

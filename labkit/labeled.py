@@ -31,7 +31,8 @@ import numpy as np
 
 from labkit.data import ArrayData, _stdlib_files
 
-__all__ = ["DEFAULT_PACKAGES", "Snippets", "balanced_subset", "code_snippets", "docstring_pairs", "encode_snippets"]
+__all__ = ["DEFAULT_PACKAGES", "Snippets", "balanced_subset", "code_snippets", "docstring_pairs", "encode_snippets",
+           "split_by_file"]
 
 # Packages with several files each (so that a file-level split leaves files on both sides) in Python 3.10 to 3.13.
 DEFAULT_PACKAGES = ("asyncio", "email", "multiprocessing", "unittest", "xml")
@@ -81,9 +82,9 @@ def _split_files(files: dict[str, list[Path]], test_fraction: float, seed: int) 
     return is_test
 
 
-def _check_common(test_fraction: float, seed: int) -> None:
+def _check_common(test_fraction: float, seed: int, name: str = "test_fraction") -> None:
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be a number strictly between 0 and 1; got {test_fraction!r}")
+        raise ValueError(f"{name} must be a number strictly between 0 and 1; got {test_fraction!r}")
     if type(seed) is not int or seed < 0:
         raise ValueError(f"seed must be a non-negative int; got {seed!r}")
 
@@ -139,6 +140,39 @@ def code_snippets(
                                files=tuple(p.relative_to(root).as_posix() for _, p, _ in chosen),
                                classes=tuple(packages)))
     return splits[0], splits[1]
+
+
+def split_by_file(snippets: Snippets, *, fraction: float, seed: int) -> tuple[Snippets, Snippets]:
+    """(kept, held out): ``snippets`` split by source file, e.g. a validation set cut from the training set.
+
+    Per class, a seeded shuffle of its files puts ``fraction`` of them (rounded, at least one, and never all) in the
+    held-out part, so no file has snippets on both sides. A class cut from a single file cannot be split and is
+    refused.
+
+    >>> train, valid = split_by_file(train, fraction=0.2, seed=0)
+    >>> set(train.files).isdisjoint(valid.files)
+    True
+    """
+    if not isinstance(snippets, Snippets):
+        raise TypeError(f"snippets must be a Snippets (from code_snippets); got {type(snippets).__name__}")
+    _check_common(fraction, seed, name="fraction")
+    held_files: set[str] = set()
+    rng = np.random.default_rng([seed, 2])
+    for label in range(len(snippets.classes)):
+        files = sorted({f for f, lab in zip(snippets.files, snippets.labels) if lab == label})
+        if len(files) < 2:
+            raise ValueError(f"class {snippets.classes[label]!r} has snippets from {len(files)} file(s); splitting by "
+                             "file needs at least two")
+        n_held = min(max(1, round(fraction * len(files))), len(files) - 1)
+        held_files.update(files[i] for i in rng.permutation(len(files))[:n_held])
+    held = np.array([f in held_files for f in snippets.files])
+
+    def part(mask: np.ndarray) -> Snippets:
+        rows = np.flatnonzero(mask)
+        return Snippets(texts=tuple(snippets.texts[i] for i in rows), labels=snippets.labels[rows].copy(),
+                        files=tuple(snippets.files[i] for i in rows), classes=snippets.classes)
+
+    return part(~held), part(held)
 
 
 def encode_snippets(snippets: Snippets, tokenizer: Any, *, seq_len: int, pad_id: int) -> ArrayData:

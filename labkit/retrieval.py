@@ -11,11 +11,17 @@ mean over all its tokens (so each chunk weighs by its number of tokens); nothing
 >>> indices, scores = top_k(query_vectors, doc_vectors, k=5)     # (Q, 5) each: best passage first
 >>> retrieval_accuracy(indices, relevant, k=1)                   # fraction of questions whose top passage is right
 >>> prompt = rag_prompt(tokenizer, questions[0], passages[indices[0, 0]], max_tokens=192)   # (1, T) for generate
+
+The lexical baseline is BM25 (Robertson and Zaragoza 2009), written out here so that every term of its formula can be
+read: ``BM25(passages).scores(questions)`` gives a (Q, M) matrix, and ``rank(scores, k)`` the top k of each row.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import re
+from collections import Counter
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -28,7 +34,8 @@ from jaxtyping import Array, Float, Int
 from labkit.gpt import GPT
 from labkit.masks import padding_mask
 
-__all__ = ["PROMPT_TEMPLATE", "embed", "rag_prompt", "recall_at_k", "retrieval_accuracy", "top_k"]
+__all__ = ["BM25", "PROMPT_TEMPLATE", "embed", "rag_prompt", "rank", "recall_at_k", "retrieval_accuracy", "top_k",
+           "words"]
 
 # Retrieval-augmented prompt: the retrieved passage, a blank line, the question, a new line for the model to continue.
 PROMPT_TEMPLATE = "{passage}\n\n{question}\n"
@@ -215,3 +222,88 @@ def rag_prompt(tokenizer: Any, question: str, passage: str | None = None, *,
         raise ValueError(f"max_tokens={max_tokens} is too small: the question alone takes {tail.size} tokens")
     head = np.asarray(tokenizer.encode(passage), np.int32)[: max_tokens - tail.size] if passage else tail[:0]
     return np.concatenate([head, tail])[None, :]  # (1, T)
+
+
+# ---- a lexical baseline: BM25 -----------------------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+")
+
+
+def words(text: str) -> list[str]:
+    """The lower-cased words of ``text`` (runs of letters, digits and underscores): BM25's terms.
+
+    >>> words("The for-statement, e.g. FOR x in y:")
+    ['the', 'for', 'statement', 'e', 'g', 'for', 'x', 'in', 'y']
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str; got {type(text).__name__}")
+    return _WORD.findall(text.lower())
+
+
+class BM25:
+    """Okapi BM25 over a fixed collection of ``documents`` (Robertson and Zaragoza 2009).
+
+    The score of document d for a query q sums, over the query's words t (a repeated word counts each time),
+
+        idf(t) * tf(t, d) * (k1 + 1) / (tf(t, d) + k1 * (1 - b + b * |d| / avgdl)),
+        idf(t) = log(1 + (M - df(t) + 0.5) / (df(t) + 0.5)),
+
+    with tf(t, d) the count of t in d, |d| the words of d, avgdl their mean over the M documents, and df(t) the
+    documents that contain t. ``k1`` sets how fast repeated words saturate, ``b`` how much long documents are
+    discounted. (This idf, Lucene's, is never negative; the original can be, for words in over half the documents.)
+
+    >>> bm25 = BM25(["the for statement", "the while statement", "lists and tuples"])
+    >>> rank(bm25.scores(["for loops"]), 1).tolist()
+    [[0]]
+    """
+
+    def __init__(self, documents: Sequence[str], *, k1: float = 1.5, b: float = 0.75):
+        if isinstance(documents, str) or not isinstance(documents, Sequence) or not documents:
+            raise ValueError(f"documents must be a non-empty sequence of str; got {type(documents).__name__}")
+        for name, value, upper in (("k1", k1, math.inf), ("b", b, 1.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= upper:
+                raise ValueError(f"{name} must be a number in [0, {upper}]; got {value!r}")
+        self.k1, self.b = float(k1), float(b)
+        counts = [Counter(words(d)) for d in documents]  # tf(t, d) per document
+        self.lengths = np.array([sum(c.values()) for c in counts], np.float64)  # |d|, (M,)
+        self.num_docs = len(counts)
+        found: dict[str, tuple[list[int], list[int]]] = {}
+        for i, count in enumerate(counts):
+            for term, tf in count.items():
+                found.setdefault(term, ([], []))
+                found[term][0].append(i)
+                found[term][1].append(tf)
+        # t -> (the documents that contain t, its count in each): a query touches only its words' documents
+        self.postings = {t: (np.array(d), np.array(tf, np.float64)) for t, (d, tf) in found.items()}
+
+    def idf(self, term: str) -> float:
+        """log(1 + (M - df + 0.5) / (df + 0.5)); a word no document contains gets the largest value but adds 0."""
+        df = len(self.postings[term][0]) if term in self.postings else 0
+        return math.log(1.0 + (self.num_docs - df + 0.5) / (df + 0.5))
+
+    def scores(self, queries: Sequence[str]) -> Float[np.ndarray, "Q M"]:
+        """The BM25 score (Q, M) of every document for every query; 0 where they share no word."""
+        if isinstance(queries, str) or not isinstance(queries, Sequence) or not all(isinstance(q, str) for q in queries):
+            raise TypeError(f"queries must be a sequence of str (not one str); got {type(queries).__name__}")
+        mean_length = max(self.lengths.mean(), 1e-9)
+        norm = self.k1 * (1.0 - self.b + self.b * self.lengths / mean_length)  # (M,)
+        out = np.zeros((len(queries), self.num_docs), np.float64)
+        for q, query in enumerate(queries):
+            for term in words(query):
+                if term in self.postings:
+                    docs, tf = self.postings[term]
+                    out[q, docs] += self.idf(term) * tf * (self.k1 + 1.0) / (tf + norm[docs])
+        return out
+
+
+def rank(scores: Float[np.ndarray, "Q M"], k: int) -> Int[np.ndarray, "Q k"]:
+    """The indices of the ``k`` highest scores of each row, best first; ties go to the lower index (as ``top_k``).
+
+    >>> rank(np.array([[0.1, 0.9, 0.5], [2.0, 0.0, 2.0]]), 2).tolist()
+    [[1, 2], [0, 2]]
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or scores.shape[0] == 0 or not np.issubdtype(scores.dtype, np.number):
+        raise ValueError(f"scores must be a 2-D numeric array (Q, M) with Q >= 1; got {scores.dtype} {scores.shape}")
+    _check_positive_int("k", k, scores.shape[1])
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -8,10 +8,11 @@ import pytest
 from flax import nnx
 
 from labkit import lm
-from labkit.finetune import (IGNORE, AtPath, instruction_data, masked_cross_entropy, masked_lm_loss,
-                             optimizer_bytes, trainable, trainable_count)
+from labkit.data import ArrayData
+from labkit.finetune import (IGNORE, AtPath, fit_early_stopping, instruction_data, masked_cross_entropy,
+                             masked_lm_loss, optimizer_bytes, trainable, trainable_count)
 from labkit.gpt import GPT, GPTConfig
-from labkit.heads import Classifier
+from labkit.heads import Classifier, classifier_loss
 from labkit.lora import apply_lora, lora_param_count
 from labkit.nn import count_params
 from labkit.train import fit
@@ -124,3 +125,40 @@ def test_errors():
         masked_cross_entropy(logits, jnp.array([[0, 5, -1]]))
     with pytest.raises(ValueError, match="ignore = -1"):
         masked_cross_entropy(logits, jnp.array([[0, -2, -1]]))
+
+
+def _stopping_run(scores, *, max_steps, eval_every=2, patience=2):
+    """fit_early_stopping on a tiny probe, with a score_fn that replays ``scores`` and records the head's weights."""
+    model = Classifier(GPT(CONFIG, rngs=nnx.Rngs(0)), 3, pad_id=0, rngs=nnx.Rngs(1))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=trainable("probe"))
+    rng = np.random.default_rng(0)
+    data = ArrayData(rng.integers(1, 64, size=(12, 8)).astype(np.int32), np.arange(12) % 3)
+    seen = []
+
+    def score_fn(m):
+        seen.append(np.asarray(m.head.kernel[...]).copy())
+        return scores[len(seen) - 1]
+
+    run = fit_early_stopping(model, optimizer, classifier_loss, data, score_fn=score_fn, max_steps=max_steps,
+                             eval_every=eval_every, patience=patience, batch_size=4, key=jax.random.key(0))
+    return model, run, seen
+
+
+def test_early_stopping_keeps_the_best_weights_and_stops_on_patience():
+    model, run, seen = _stopping_run([0.2, 0.5, 0.5, 0.4, 0.9], max_steps=10)
+    # 0.5 at step 4 is the best; a tie (step 6) and a worse score (step 8) use up patience 2, so step 10 never runs.
+    assert run.eval_steps == [2, 4, 6, 8] and run.scores == [0.2, 0.5, 0.5, 0.4] and run.steps == 8
+    assert run.best_step == 4 and run.best_score == 0.5 and run.stopped_early
+    np.testing.assert_array_equal(np.asarray(model.head.kernel[...]), seen[1])
+    assert not np.array_equal(seen[1], seen[3])  # training did move the weights after the best step
+
+
+def test_early_stopping_runs_to_max_steps_while_improving():
+    model, run, seen = _stopping_run([0.1, 0.2, 0.3], max_steps=5)
+    assert run.eval_steps == [2, 4, 5] and run.best_step == 5 and not run.stopped_early
+    np.testing.assert_array_equal(np.asarray(model.head.kernel[...]), seen[-1])
+
+
+def test_early_stopping_errors():
+    with pytest.raises(ValueError, match="patience must be a positive int"):
+        _stopping_run([0.1], max_steps=2, patience=0)

@@ -10,7 +10,8 @@ from flax import nnx
 from labkit.data import ArrayData
 from labkit.finetune import trainable
 from labkit.gpt import GPT, GPTConfig
-from labkit.heads import Classifier, classifier_accuracy, classifier_loss, lengths_of, pool
+from labkit.heads import (Classifier, balanced_accuracy, classifier_accuracy, classifier_loss, lengths_of, pool,
+                          predict)
 from labkit.train import fit
 
 CONFIG = GPTConfig.ci(vocab_size=64, max_len=16)
@@ -74,3 +75,31 @@ def test_errors():
         pool(h, jnp.array([1, 2, 3]))
     with pytest.raises(ValueError, match="how"):
         pool(h, jnp.array([1, 2]), "max")
+
+
+def test_balanced_accuracy_by_hand_and_against_sklearn():
+    from sklearn.metrics import balanced_accuracy_score
+
+    y = np.array([0, 0, 0, 0, 1, 1, 2])
+    assert balanced_accuracy(y, np.zeros(7, int), 3) == pytest.approx(1 / 3)  # one class for all: exactly 1 / C
+    assert balanced_accuracy(y, np.array([0, 0, 1, 1, 1, 1, 2]), 3) == pytest.approx((0.5 + 1 + 1) / 3)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        true, pred = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+        assert balanced_accuracy(true, pred, 4) == pytest.approx(balanced_accuracy_score(true, pred))
+    with pytest.raises(ValueError, match=r"y_pred must hold int labels in \[0, 2\]"):
+        balanced_accuracy(y, np.full(7, 3), 3)
+    with pytest.raises(ValueError, match="same non-zero length"):
+        balanced_accuracy(y, y[:3], 3)
+
+
+def test_predict_is_the_argmax_in_batches():
+    model = Classifier(GPT(GPTConfig.ci(vocab_size=64, max_len=16), rngs=nnx.Rngs(0)), 3, pad_id=0,
+                       rngs=nnx.Rngs(1))
+    model.head.kernel[...] = jax.random.normal(jax.random.key(2), model.head.kernel.shape)
+    model.eval()
+    x = np.random.default_rng(0).integers(1, 64, size=(10, 8)).astype(np.int32)
+    expected = np.asarray(jnp.argmax(model(jnp.asarray(x)), -1))
+    np.testing.assert_array_equal(predict(model, x, batch_size=3), expected)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        predict(model, x, batch_size=0)

@@ -5,7 +5,7 @@ import pytest
 
 from labkit.bpe import BPETokenizer
 from labkit.data import ArrayData
-from labkit.labeled import Snippets, balanced_subset, code_snippets, docstring_pairs, encode_snippets
+from labkit.labeled import Snippets, balanced_subset, code_snippets, docstring_pairs, encode_snippets, split_by_file
 
 PACKAGES = ("json", "email", "wsgiref")  # small packages keep the test fast
 
@@ -85,3 +85,28 @@ def test_errors():
         balanced_subset(data, 5, seed=0)
     with pytest.raises(ValueError, match="seed"):
         balanced_subset(data, 2, seed=-1)
+
+
+def test_split_by_file_keeps_every_file_on_one_side():
+    train, _ = code_snippets(packages=PACKAGES, per_class=60, seed=0)
+    kept, held = split_by_file(train, fraction=0.3, seed=1)
+    assert len(kept) + len(held) == len(train) and set(kept.files).isdisjoint(held.files)
+    assert sorted(kept.texts + held.texts) == sorted(train.texts)
+    assert set(held.labels.tolist()) == set(kept.labels.tolist()) == {0, 1, 2}  # every class on both sides
+    for part in (kept, held):
+        for text, label, file in zip(part.texts, part.labels, part.files):
+            i = train.texts.index(text)
+            assert train.labels[i] == label and train.files[i] == file and part.classes == train.classes
+    again = split_by_file(train, fraction=0.3, seed=1)
+    assert again[1].texts == held.texts and split_by_file(train, fraction=0.3, seed=2)[1].texts != held.texts
+
+
+def test_split_by_file_errors():
+    one_file = Snippets(texts=("a", "b", "c"), labels=np.array([0, 0, 1]), files=("x.py", "x.py", "y.py"),
+                        classes=("p", "q"))
+    with pytest.raises(ValueError, match="class 'p' has snippets from 1 file"):
+        split_by_file(one_file, fraction=0.5, seed=0)
+    with pytest.raises(ValueError, match="fraction must be a number strictly between 0 and 1"):
+        split_by_file(one_file, fraction=1.0, seed=0)
+    with pytest.raises(TypeError, match="snippets must be a Snippets"):
+        split_by_file(["a"], fraction=0.5, seed=0)

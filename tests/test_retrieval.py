@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from labkit.bpe import BPETokenizer
 from labkit.gpt import GPT, GPTConfig
-from labkit.retrieval import embed, rag_prompt, recall_at_k, retrieval_accuracy, top_k
+from labkit.retrieval import BM25, embed, rag_prompt, rank, recall_at_k, retrieval_accuracy, top_k, words
 
 # A larger initial scale than training would use, so that hidden states differ clearly from text to text.
 CONFIG = GPTConfig(vocab_size=256, max_len=16, num_layers=2, num_heads=2, width=16, mlp_width=32, init_std=0.3)
@@ -143,8 +143,86 @@ def test_docstring_examples_of_the_pure_functions():
 
     import labkit.retrieval as retrieval
 
-    for fn in (top_k, retrieval_accuracy, recall_at_k):
+    for fn in (top_k, retrieval_accuracy, recall_at_k, words, BM25, rank):
         runner = doctest.DocTestRunner()
         for test in doctest.DocTestFinder().find(fn, globs={"np": np, **vars(retrieval)}):
             runner.run(test)
         assert runner.failures == 0, fn.__name__
+
+
+# ---- BM25 --------------------------------------------------------------------------------------------------------
+
+DOCS = ["the for statement iterates over a sequence", "the while statement repeats while a condition holds",
+        "for for for", "lists and tuples are sequences"]
+
+
+def test_bm25_by_hand():
+    """Query "for" against DOCS with k1 = 1.5, b = 0.75, worked out on paper."""
+    bm25 = BM25(DOCS, k1=1.5, b=0.75)
+    lengths = np.array([7, 8, 3, 5])  # words per document
+    avgdl = lengths.mean()  # 5.75
+    idf = np.log(1 + (4 - 2 + 0.5) / (2 + 0.5))  # "for" is in 2 of 4 documents: log 2
+    tf = np.array([1, 0, 3, 0])
+    expected = idf * tf * 2.5 / (tf + 1.5 * (0.25 + 0.75 * lengths / avgdl))
+    np.testing.assert_allclose(bm25.scores(["for"])[0], expected, rtol=1e-12)
+    assert bm25.idf("for") == pytest.approx(np.log(2)) and bm25.idf("absent") == pytest.approx(np.log(1 + 4.5 / 0.5))
+
+
+def test_bm25_properties():
+    bm25 = BM25(DOCS)
+    scores = bm25.scores(["while condition", "nothing shared", "FOR, for!"])
+    assert scores.shape == (3, 4) and scores.dtype == np.float64
+    assert rank(scores, 1)[0, 0] == 1 and (scores[0, [0, 2, 3]] == 0).all()  # only document 1 has these words
+    assert (scores[1] == 0).all()  # no word in common: every score 0
+    assert scores[2, 2] > scores[2, 0] > 0  # more occurrences score higher (case and punctuation ignored) ...
+    assert scores[2, 2] < 3 * scores[2, 0]  # ... but saturate: three times the count is less than three times the score
+    # A repeated query word counts twice; b = 0 ignores length, b = 1 normalizes by it fully.
+    np.testing.assert_allclose(bm25.scores(["for for"])[0], 2 * bm25.scores(["for"])[0])
+    long_doc, short_doc = "x for " + "y " * 20, "x for"
+    no_length = BM25([long_doc, short_doc], b=0.0).scores(["for"])[0]
+    assert no_length[0] == pytest.approx(no_length[1])
+    assert BM25([long_doc, short_doc], b=1.0).scores(["for"])[0, 1] > BM25([long_doc, short_doc], b=1.0).scores(["for"])[0, 0]
+
+
+def test_bm25_equals_a_brute_force_formula():
+    rng = np.random.default_rng(0)
+    vocabulary = [f"w{i}" for i in range(12)]
+    docs = [" ".join(rng.choice(vocabulary, size=rng.integers(1, 15))) for _ in range(30)]
+    queries = [" ".join(rng.choice(vocabulary, size=rng.integers(1, 4))) for _ in range(10)]
+    bm25 = BM25(docs, k1=1.2, b=0.6)
+    tokens = [d.split() for d in docs]
+    avgdl = np.mean([len(t) for t in tokens])
+    expected = np.zeros((len(queries), len(docs)))
+    for q, query in enumerate(queries):
+        for term in query.split():
+            df = sum(term in t for t in tokens)
+            idf = np.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
+            for d, t in enumerate(tokens):
+                tf = t.count(term)
+                expected[q, d] += idf * tf * 2.2 / (tf + 1.2 * (1 - 0.6 + 0.6 * len(t) / avgdl))
+    np.testing.assert_allclose(bm25.scores(queries), expected, rtol=1e-12)
+
+
+def test_rank_breaks_ties_like_top_k():
+    scores = np.array([[1.0, 3.0, 3.0, 0.0]])
+    assert rank(scores, 3).tolist() == [[1, 2, 0]]
+    vectors = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])  # cosines with (1, 0): 0, 1, 1, -1
+    assert top_k(np.array([[1.0, 0.0]]), vectors, 3)[0].tolist() == rank(np.array([[0.0, 1.0, 1.0, -1.0]]), 3).tolist()
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: BM25([]), "documents must be a non-empty sequence"),
+    (lambda: BM25("one str"), "documents must be a non-empty sequence"),
+    (lambda: BM25(DOCS, k1=-1.0), r"k1 must be a number in \[0, inf\]"),
+    (lambda: BM25(DOCS, b=1.5), r"b must be a number in \[0, 1.0\]"),
+    (lambda: rank(np.zeros((2, 3)), 4), r"k must be an int in \[1, 3\]"),
+    (lambda: rank(np.zeros(3), 1), "scores must be a 2-D numeric array"),
+])
+def test_bm25_and_rank_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_bm25_queries_must_be_strings():
+    with pytest.raises(TypeError, match="queries must be a sequence of str"):
+        BM25(DOCS).scores("for")
