@@ -29,6 +29,10 @@ Modules, in the direction their dependencies point:
     audio      log-mel spectrograms, the stored spoken-digit dataset, a Transformer over spectrogram frames (chapter 5)
     tabular    feature tokens for tables (FT-Transformer) on the GPT's blocks, train-only standardization (chapter 5)
     metrics    sensitivity, specificity, predictive values, ROC AUC and calibration of binary classifiers (chapter 5)
+    parallel   device meshes, sharding rules by parameter path (DP, FSDP, TP, data x model), batch placement (ch. 6)
+    distributed  jax.distributed.initialize for SLURM, TPU pods and several local processes (chapter 6)
+    memory     per-device bytes of parameters, gradients and Adam state beside XLA's figure; activations kept (ch. 6)
+    collectives  the collectives of a compiled step beside their byte formulas; a roofline (chapter 6)
     plot       training curves, confusion matrices, image grids
     book       glue a notebook's numbers and figures into the chapter text
     selfcheck  checks with specific messages for students' code (selfcheck_core, selfcheck_ch02, selfcheck_ch03, selfcheck_ch04,

@@ -18,7 +18,7 @@ import dataclasses
 import time
 import weakref
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,9 @@ from labkit.checkpoint import checkpoint_steps, restore_checkpoint, save_checkpo
 from labkit.data import ArrayData
 from labkit.step import LossFn, accumulate_gradients, make_train_step
 from labkit.tokens import TokenWindows
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 __all__ = ["History", "LossFn", "accumulate_gradients", "batches", "evaluate", "fit", "make_train_step"]
 Batch = tuple[jax.Array, jax.Array]
@@ -145,6 +148,33 @@ def _check_fit_arguments(train, steps, batch_size, accumulation, eval_every, eva
             raise ValueError(f"{name} must be a positive int or None; got {value!r}")
 
 
+def _placement(model, optimizer, mesh, strategy, batch_size) -> Callable[..., Batch]:
+    """With a mesh: shard the model and optimizer, and return how to place a batch; without one, do nothing."""
+    if mesh is None:
+        if strategy != "dp":
+            raise ValueError(f"strategy={strategy!r} needs a mesh (labkit.parallel.make_mesh); got mesh=None")
+        return lambda x, y, batch_axis=0: (x, y)
+    from labkit import parallel  # only a sharded run needs it
+
+    if batch_size % mesh.shape["data"]:
+        raise ValueError(f"mesh axis 'data' of size {mesh.shape['data']} does not divide batch_size B={batch_size}")
+    parallel.shard((model, optimizer), mesh, strategy)  # also checks heads, widths and vocabulary
+
+    def place(x, y, batch_axis: int = 0) -> Batch:
+        if np.shape(x)[batch_axis] % mesh.shape["data"]:  # a ragged last evaluation batch: every device sees it
+            return parallel.place_replicated(x, mesh), parallel.place_replicated(y, mesh)
+        return tuple(parallel.place_batch(a, mesh, batch_axis=batch_axis) for a in (x, y))
+
+    return place
+
+
+def _eval_batches(eval_set: ArrayData | Sequence[Batch], batch_size: int = 512) -> list[Batch]:
+    if isinstance(eval_set, ArrayData):
+        return [(eval_set.x[i : i + batch_size], eval_set.y[i : i + batch_size])
+                for i in range(0, len(eval_set), batch_size)]
+    return list(eval_set)
+
+
 def _resume(directory, model, optimizer, key, steps, metrics) -> tuple[int, History | None]:
     """Load the newest checkpoint in ``directory``, if there is one: (its step, its history); else (0, None)."""
     if not checkpoint_steps(directory):
@@ -218,6 +248,8 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
     keep_checkpoints: int = 3,
+    mesh: Mesh | None = None,
+    strategy: str = "dp",
 ) -> History:
     """Train ``model`` in place for ``steps`` optimizer steps on random batches of ``train``; return the history.
 
@@ -231,8 +263,13 @@ def fit(
     The jitted step is kept per ``loss_fn``; it compiles again for a new model structure, new batch shapes or a new
     optax object (its settings are part of the compiled step), so several runs in one notebook should share one
     ``loss_fn`` and one optax transformation per setting.
+
+    With a ``mesh`` (``labkit.parallel.make_mesh``), the model and optimizer are first sharded by ``strategy``
+    (``labkit.parallel.STRATEGIES``: dp, fsdp, tp, fsdp_tp) and every batch is split over the mesh's ``data`` axis;
+    the step function is the same, and XLA adds the communication.
     """
     _check_fit_arguments(train, steps, batch_size, accumulation, eval_every, eval_batches, checkpoint_every)
+    place = _placement(model, optimizer, mesh, strategy, batch_size)
     metrics = dict(metrics) if metrics else {"loss": loss_fn}
     eval_every = eval_every or max(1, steps // 10)
     start, history = _resume(checkpoint_dir, model, optimizer, key, steps, metrics) if checkpoint_dir else (0, None)
@@ -241,6 +278,8 @@ def fit(
     eval_set = eval_data
     if isinstance(eval_data, TokenWindows):  # the same windows at every evaluation, from a stream of their own
         eval_set = [eval_data.batch(jax.random.fold_in(key, 1), i, batch_size) for i in range(eval_batches)]
+    if mesh is not None and eval_set is not None:
+        eval_set = [place(x, y) for x, y in _eval_batches(eval_set)]
     per_step = accumulation * batch_size * (train.seq_len if isinstance(train, TokenWindows) else 1)
     unit = "tok" if isinstance(train, TokenWindows) else "ex"
     train_step = _cached_train_step(loss_fn, accumulation)
@@ -252,6 +291,8 @@ def fit(
         x, y = draw(step)
         if accumulation > 1:  # (k * B, ...) -> (k, B, ...): k micro-batches
             x, y = x.reshape(accumulation, batch_size, *x.shape[1:]), y.reshape(accumulation, batch_size, *y.shape[1:])
+        if mesh is not None:
+            x, y = place(x, y, batch_axis=int(accumulation > 1))
         loss = train_step(model, optimizer, x, y)
         if pending is not None:
             _record(history, *pending, per_step, watch)
