@@ -60,6 +60,7 @@ from flax import nnx
 from labkit import data, lm, tokens, train
 from labkit.bpe import BPETokenizer
 from labkit.gpt import GPT, GPTConfig, param_count
+from labkit import scaling
 from labkit.optim import TrainConfig, make_optimizer
 
 
@@ -109,10 +110,10 @@ def matmul_flops(size: int, repeats: int = 5) -> float:
 
 
 def flops_per_token(config: GPTConfig, seq_len: int) -> tuple[float, float]:
-    """(6 N + 6 L T D, 6 N + 12 L T D): model FLOPs per trained token, causal half / full square of attention."""
-    n = param_count(config) - (config.max_len * config.width if config.positions == "learned" else 0)
-    attention = 6 * config.num_layers * seq_len * config.width
-    return 6 * n + attention, 6 * n + 2 * attention
+    """(6 N' + 6 L T D, 6 N' + 12 L T D): model FLOPs per trained token, causal half / full square of attention,
+    with N' the weights of matrix products (labkit.scaling.flops_per_token, the book's convention)."""
+    return (scaling.flops_per_token(config, seq_len, attention="causal"),
+            scaling.flops_per_token(config, seq_len, attention="full"))
 
 
 class OtherLoad:

@@ -24,12 +24,13 @@ from jaxtyping import Array, Bool, Float
 from labkit.blockwise import blockwise_attention
 from labkit.kvcache import KVCache
 from labkit.masks import MASKED_SCORE, causal_mask, check_mask, check_qkv, combine_masks, padding_mask
-from labkit.positions import apply_rotary
+from labkit.positions import ROPE_LAYOUTS, apply_rotary
+from labkit.profiles import Accelerator, accelerator
 
 __all__ = [
     "IMPLEMENTATIONS", "MASKED_SCORE", "MultiHeadAttention", "attention", "attention_weights", "blockwise_attention",
-    "causal_mask", "check_mask", "combine_masks", "dot_product_attention", "jax_attention", "padding_mask",
-    "share_heads",
+    "causal_mask", "check_mask", "choose_kernel", "combine_masks", "dot_product_attention", "jax_attention",
+    "padding_mask", "share_heads",
 ]
 
 IMPLEMENTATIONS = ("plain", "blockwise", "jax")
@@ -83,6 +84,30 @@ def dot_product_attention(
     return out.astype(query.dtype)  # (B, T, N, H)
 
 
+def choose_kernel(hardware: Accelerator, *, dtype: Any, masked: bool, head_width: int) -> str:
+    """Which kernel ``jax_attention`` runs: ``"cudnn"`` (cuDNN's fused flash attention), ``"blockwise"`` (labkit's
+    memory-efficient attention) or ``"xla"`` (``jax.nn.dot_product_attention``'s plain XLA version).
+
+    cuDNN's kernel needs an NVIDIA GPU of compute capability 8.0 or more (Ampere on: not a T4 or V100), 16-bit
+    inputs, head widths that are multiples of 8 up to 128, and no mask beyond the plain causal one (JAX has no
+    fallback once "cudnn" is asked for, so every condition is checked here). Every other accelerator case (a TPU, an
+    older or AMD GPU, a padding mask, a prefill at an offset, float32) takes the blockwise attention, which never
+    holds the B x N x T x S scores; on a CPU, XLA's attention.
+
+    >>> ampere, t4 = Accelerator("gpu", "cuda", (8, 0)), Accelerator("gpu", "cuda", (7, 5))
+    >>> [choose_kernel(hw, dtype=jnp.bfloat16, masked=False, head_width=64) for hw in (ampere, t4)]
+    ['cudnn', 'blockwise']
+    >>> choose_kernel(Accelerator("tpu"), dtype=jnp.bfloat16, masked=False, head_width=64)
+    'blockwise'
+    """
+    if hardware.platform == "cpu":
+        return "xla"
+    fused = (hardware.gpu_stack == "cuda" and hardware.compute_capability is not None
+             and hardware.compute_capability >= (8, 0) and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+             and not masked and head_width % 8 == 0 and head_width <= 128)
+    return "cudnn" if fused else "blockwise"
+
+
 def jax_attention(
     query: Float[Array, "B T N H"],
     key: Float[Array, "B S K H"],
@@ -92,19 +117,22 @@ def jax_attention(
     causal: bool = False,
     query_offset: int | Array = 0,
     scale: float | None = None,
+    block_size: int = 128,
 ) -> Float[Array, "B T N H"]:
-    """``jax.nn.dot_product_attention``: cuDNN's fused kernel on a GPU (bf16/fp16, no mask array), else XLA's."""
+    """The fastest attention for the hardware (``choose_kernel``): cuDNN's fused kernel on an NVIDIA GPU from
+    Ampere on, labkit's blockwise attention on other accelerators and fallback cases, XLA's on a CPU."""
     b, t, n, h, s, k = check_qkv(query, key, value)
     check_mask(mask, (b, n, t, s))
     plain_causal = causal and t == s and isinstance(query_offset, int) and query_offset == 0
+    kernel = choose_kernel(accelerator(), dtype=query.dtype, masked=mask is not None or (causal and not plain_causal),
+                           head_width=h)
+    if kernel == "blockwise":
+        return blockwise_attention(query, key, value, mask=mask, causal=causal, query_offset=query_offset,
+                                   scale=scale, block_size=block_size)
     if causal and not plain_causal:
         mask = combine_masks(mask, causal_mask(t, s, offset=query_offset))
-    # cuDNN's kernel takes 16-bit inputs and head widths that are multiples of 8 up to 128.
-    fused = (jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16) and mask is None
-             and h % 8 == 0 and h <= 128)
-    return jax.nn.dot_product_attention(
-        query, key, value, mask=mask, scale=scale, is_causal=plain_causal, implementation="cudnn" if fused else "xla"
-    )
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale, is_causal=plain_causal,
+                                        implementation=kernel)
 
 
 def attention(
@@ -126,7 +154,7 @@ def attention(
     if implementation == "blockwise":
         return blockwise_attention(query, key, value, block_size=block_size, **kwargs)
     if implementation == "jax":
-        return jax_attention(query, key, value, **kwargs)
+        return jax_attention(query, key, value, block_size=block_size, **kwargs)
     raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}")
 
 
@@ -149,6 +177,7 @@ class MultiHeadAttention(nnx.Module):
         num_kv_heads: int | None = None,
         use_bias: bool = True,
         rotary_base: float | None = None,
+        rotary_layout: str = "half",
         implementation: str = "plain",
         block_size: int = 128,
         dtype: Any = jnp.float32,
@@ -169,7 +198,10 @@ class MultiHeadAttention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_width = num_heads, num_kv_heads, width // num_heads
         if rotary_base is not None and self.head_width % 2:
             raise ValueError(f"rotary positions need an even head width; got H={self.head_width}")
-        self.rotary_base, self.implementation, self.block_size = rotary_base, implementation, block_size
+        if rotary_layout not in ROPE_LAYOUTS:
+            raise ValueError(f"rotary_layout must be one of {', '.join(ROPE_LAYOUTS)}; got {rotary_layout!r}")
+        self.rotary_base, self.rotary_layout = rotary_base, rotary_layout
+        self.implementation, self.block_size = implementation, block_size
         h = self.head_width
 
         def linear(i: int, o: int, init: Any) -> nnx.Linear:
@@ -217,5 +249,6 @@ class MultiHeadAttention(nnx.Module):
         v = self.value(x).reshape(b, t, self.num_kv_heads, self.head_width)  # (B, T, K, H)
         if self.rotary_base is not None:
             positions = jnp.arange(t) + offset  # (T,)
-            q, k = apply_rotary(q, positions, base=self.rotary_base), apply_rotary(k, positions, base=self.rotary_base)
+            rotate = dict(base=self.rotary_base, layout=self.rotary_layout)
+            q, k = apply_rotary(q, positions, **rotate), apply_rotary(k, positions, **rotate)  # (B, T, N|K, H)
         return q, k, v

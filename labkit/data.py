@@ -1,4 +1,5 @@
-"""Datasets that are on every machine without internet, behind one small API, plus a checked optional download.
+"""Datasets that are on every machine without internet, behind one small API; a checked optional download; and a
+corpus of your own (a text file or folder, ``LABKIT_CORPUS``), read in chunks.
 
 >>> sorted(list_datasets())[:3]
 ['breast_cancer', 'diabetes', 'digits']
@@ -12,11 +13,10 @@ import dataclasses
 import gzip
 import hashlib
 import os
+import re
 import sysconfig
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -185,9 +185,13 @@ def sha256_of(path: Path) -> str:
 def fetch(remote: RemoteFile, *, cache: Path | None = None, timeout: float = 30.0) -> Path:
     """The local path of ``remote``, downloading it into the cache first if it is not there.
 
-    The download goes to a temporary file that is checked against ``remote.sha256`` and only then renamed into
-    place, so a failed or corrupted download never leaves a file in the cache.
+    The download is ``pooch.retrieve``'s (the scientific-Python library for checked downloads): into a temporary
+    file in the cache folder, checked against ``remote.sha256``, and only then renamed into place, so a failed or
+    corrupted download never leaves a file in the cache. A cached file with another hash is refused, not replaced.
     """
+    import pooch
+    import requests
+
     if not isinstance(remote, RemoteFile):
         raise TypeError(f"remote must be a RemoteFile; got {type(remote).__name__}")
     folder = Path(cache) if cache is not None else cache_dir()
@@ -201,27 +205,74 @@ def fetch(remote: RemoteFile, *, cache: Path | None = None, timeout: float = 30.
             )
         return path
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{remote.filename}.{os.getpid()}.part"
     try:
-        try:
-            with urllib.request.urlopen(remote.url, timeout=timeout) as response, open(partial, "wb") as out:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise DownloadError(
-                f"could not download {remote.url} ({reason}). If this machine is offline, copy the file by other "
-                f"means to {path} (expected sha256 {remote.sha256})"
-            ) from error
-        found = sha256_of(partial)
-        if found != remote.sha256:
-            raise ChecksumError(
-                f"download of {remote.url} has sha256 {found}, expected {remote.sha256}; it was discarded"
-            )
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+        pooch.retrieve(remote.url, known_hash=f"sha256:{remote.sha256}", fname=remote.filename, path=folder,
+                       downloader=pooch.HTTPDownloader(timeout=timeout, progressbar=False))
+    except (requests.exceptions.RequestException, OSError) as error:
+        raise DownloadError(
+            f"could not download {remote.url} ({error}). If this machine is offline, copy the file by other "
+            f"means to {path} (expected sha256 {remote.sha256})"
+        ) from error
+    except ValueError as error:  # pooch's hash mismatch; the download is already deleted
+        if "hash" not in str(error).lower():
+            raise
+        found = re.search(r"but got (\w+)", str(error))
+        raise ChecksumError(f"download of {remote.url} has sha256 {found.group(1) if found else '?'}, expected "
+                            f"{remote.sha256}; it was discarded") from None
     return path
+
+
+# ---- a corpus you bring -----------------------------------------------------------------------------------------
+
+CORPUS_VAR = "LABKIT_CORPUS"  # environment variable naming a text file or a folder of text files
+
+
+def corpus_files(source: str | Path | None = None) -> list[Path]:
+    """The files of a text corpus you bring: ``source`` (default ``$LABKIT_CORPUS``) is one text file or a folder,
+    whose files are taken recursively in sorted order (hidden files and folders left out)."""
+    if source is None:
+        source = os.environ.get(CORPUS_VAR) or None
+        if source is None:
+            raise ValueError(f"no corpus given: pass source= (a text file or folder) or set {CORPUS_VAR}")
+    root = Path(source).expanduser()
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"corpus source {root} is neither a file nor a folder")
+    files = [p for p in sorted(root.rglob("*"))
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    if not files:
+        raise FileNotFoundError(f"corpus folder {root} holds no files")
+    return files
+
+
+def read_corpus(source: str | Path | None = None, *, chunk_chars: int = 1 << 20) -> Iterator[str]:
+    """The text of ``corpus_files(source)``, at most ``chunk_chars`` characters at a time, files joined by a blank
+    line as in ``load("stdlib")``. Memory does not grow with the corpus; pass it to ``BPETokenizer.encode_stream``.
+
+    Files are read as UTF-8 (undecodable bytes replaced) with their line ends as stored.
+    """
+    if type(chunk_chars) is not int or chunk_chars < 1:
+        raise ValueError(f"chunk_chars must be a positive int; got {chunk_chars!r}")
+    for i, path in enumerate(corpus_files(source)):
+        if i:
+            yield "\n\n"
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            for chunk in iter(lambda: f.read(chunk_chars), ""):
+                yield chunk
+
+
+def corpus_head(source: str | Path | None = None, *, chars: int) -> str:
+    """The first ``chars`` characters of the corpus: enough text to learn a tokenizer's merges from."""
+    if type(chars) is not int or chars < 1:
+        raise ValueError(f"chars must be a positive int; got {chars!r}")
+    pieces, total = [], 0
+    for chunk in read_corpus(source, chunk_chars=min(chars, 1 << 20)):
+        pieces.append(chunk[: chars - total])
+        total += len(pieces[-1])
+        if total >= chars:
+            break
+    return "".join(pieces)
 
 
 # Named public corpora for optional download. Each entry needs a SHA-256 recorded from a verified copy; none is

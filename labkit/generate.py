@@ -20,6 +20,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from labkit.gpt import GPT
+from labkit.masks import values_readable
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None, vocab_size: int) -> None:
@@ -96,7 +97,7 @@ def generate(
         raise ValueError("key must be a jax.random key when temperature > 0 (sampling); got None")
     if end_token is not None and (not isinstance(end_token, int) or not 0 <= end_token < config.vocab_size):
         raise ValueError(f"end_token must be None or an id in [0, {config.vocab_size - 1}]; got {end_token!r}")
-    values = None if isinstance(prompt, jax.core.Tracer) else np.asarray(prompt)
+    values = np.asarray(prompt) if values_readable(prompt) else None  # not inside jit, nor sharded elsewhere
     if values is not None and (values.min() < 0 or values.max() >= config.vocab_size):
         raise ValueError(f"prompt must hold ids in [0, {config.vocab_size - 1}]; got values from {values.min()} "
                          f"to {values.max()}")

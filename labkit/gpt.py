@@ -24,6 +24,7 @@ from jaxtyping import Array, Bool, Float, Int
 from labkit.attention import MultiHeadAttention
 from labkit.gpt_config import GPTConfig, param_count
 from labkit.kvcache import KVCache
+from labkit.masks import values_readable
 from labkit.nn import count_params
 from labkit.positions import LearnedPositions, SinusoidalPositions
 
@@ -74,6 +75,7 @@ class Block(nnx.Module):
         self.attn = MultiHeadAttention(
             config.width, config.num_heads, num_kv_heads=config.num_kv_heads, use_bias=config.bias,
             rotary_base=config.rope_base if config.positions == "rotary" else None,
+            rotary_layout=config.rope_layout,
             implementation=config.attention, block_size=config.block_size, dtype=config.dtype,
             kernel_init=nnx.initializers.normal(config.init_std),
             out_init=nnx.initializers.normal(config.init_std / (2 * config.num_layers) ** 0.5), rngs=rngs)
@@ -90,6 +92,13 @@ class Block(nnx.Module):
         x = x + self.dropout(attended)  # (B, T, D)
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))  # (B, T, D)
         return x if cache is None else (x, cache)
+
+
+@nnx.remat
+def _remat_block(block: Block, x: Float[Array, "B T D"], mask: Array | None) -> Float[Array, "B T D"]:
+    """One block under activation checkpointing: only its input is kept for the backward pass, which runs the
+    block's forward again (about a third more FLOPs for a step, far less memory for activations)."""
+    return block(x, mask=mask)
 
 
 class GPT(nnx.Module):
@@ -140,9 +149,19 @@ class GPT(nnx.Module):
             x = self.hidden(tokens, mask=mask)  # (B, T, D)
         else:
             x, cache = self._run_blocks(tokens, mask, cache)
-        logits = self.embed.attend(x) if self.head is None else self.head(x)  # (B, T, V)
-        logits = logits.astype(jnp.float32)
+        logits = self.logits(x)  # (B, T, V) float32
         return logits if cache is None else (logits, cache)
+
+    def logits(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+        """The LM head: x times the token table (tied) or the head's kernel, in the compute dtype with float32
+        accumulation (``preferred_element_type``), so bf16 inputs still give float32 logits summed in float32."""
+        if self.head is None:
+            table = self.embed.embedding[...].astype(x.dtype)  # (V, D)
+            return jnp.einsum("btd,vd->btv", x, table, preferred_element_type=jnp.float32)
+        if type(self.head) is nnx.Linear:  # an adapted head (LoRA) computes itself
+            kernel = self.head.kernel[...].astype(x.dtype)  # (D, V)
+            return jnp.einsum("btd,dv->btv", x, kernel, preferred_element_type=jnp.float32)
+        return self.head(x).astype(jnp.float32)
 
     def hidden(self, tokens: Int[Array, "B T"], *, mask: Bool[Array, "#B #N #T #T"] | None = None
                ) -> Float[Array, "B T D"]:
@@ -159,7 +178,7 @@ class GPT(nnx.Module):
         new_cache = []
         for i, block in enumerate(self.blocks):
             if cache is None:
-                x = block(x, mask=mask)  # (B, T, D)
+                x = _remat_block(block, x, mask) if self.config.remat else block(x, mask=mask)  # (B, T, D)
             else:
                 x, layer_cache = block(x, mask=mask, cache=cache[i])
                 new_cache.append(layer_cache)
@@ -195,7 +214,7 @@ class GPT(nnx.Module):
         t = tokens.shape[1]
         if t > c.max_len:
             raise ValueError(f"tokens has T={t} positions but the model's max_len is {c.max_len}")
-        if not isinstance(tokens, jax.core.Tracer) and tokens.size:  # values can only be checked outside jit
+        if values_readable(tokens) and tokens.size:  # values can only be checked outside jit, on this process
             values = np.asarray(tokens)
             low, high = int(values.min()), int(values.max())
             if low < 0 or high >= c.vocab_size:

@@ -13,6 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from labkit.attention import IMPLEMENTATIONS
+from labkit.positions import ROPE_LAYOUTS
 from labkit.profiles import Profile, get_profile
 
 NORMS, MLPS, POSITIONS = ("layernorm", "rmsnorm"), ("gelu", "swiglu"), ("learned", "sinusoidal", "rotary")
@@ -35,12 +36,14 @@ class GPTConfig:
     gelu_approximate: bool = True  # tanh approximation of GELU, as GPT-2 ("gelu_new")
     positions: str = "learned"  # "learned" (GPT-2), "sinusoidal" (Vaswani et al.) or "rotary" (RoPE, LLaMA)
     rope_base: float = 10_000.0  # base of the rotary frequencies
+    rope_layout: str = "half"  # rotated pairs: "half" (i, i + H/2; GPT-NeoX, HF) or "interleaved" (2i, 2i + 1; Meta)
     tie_embeddings: bool = True  # LM head reuses the token embedding matrix (GPT-2) instead of its own
     dropout: float = 0.0  # dropout rate on embeddings and on each residual branch (training only)
     bias: bool = True  # biases in the linear layers and LayerNorms (GPT-2 has them, LLaMA not)
-    attention: str = "plain"  # "plain", "blockwise" (memory-efficient) or "jax" (jax.nn.dot_product_attention)
+    attention: str = "plain"  # "plain", "blockwise" (memory-efficient) or "jax" (the hardware's: see choose_kernel)
     block_size: int = 128  # key block size of the blockwise attention
     dtype: Any = jnp.float32  # compute dtype of activations (bf16 on GPU/TPU); parameters are always float32
+    remat: bool = False  # activation checkpointing: each block's activations are recomputed in the backward pass
     init_std: float = 0.02  # standard deviation of the normal initialisation (GPT-2)
 
     def __post_init__(self) -> None:
@@ -56,7 +59,8 @@ class GPTConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"GPTConfig.num_heads N={self.num_heads} must be divisible by "
                              f"num_kv_heads K={self.num_kv_heads}")
-        for name, allowed in (("norm", NORMS), ("mlp", MLPS), ("positions", POSITIONS), ("attention", IMPLEMENTATIONS)):
+        for name, allowed in (("norm", NORMS), ("mlp", MLPS), ("positions", POSITIONS), ("attention", IMPLEMENTATIONS),
+                              ("rope_layout", ROPE_LAYOUTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.positions == "rotary" and self.head_width % 2:
@@ -68,6 +72,8 @@ class GPTConfig:
         if not self.norm_eps > 0 or not self.init_std > 0 or not self.rope_base > 0:
             raise ValueError("GPTConfig.norm_eps, init_std and rope_base must be positive; "
                              f"got {self.norm_eps!r}, {self.init_std!r}, {self.rope_base!r}")
+        if not isinstance(self.remat, bool):
+            raise ValueError(f"GPTConfig.remat must be a bool; got {self.remat!r}")
         if not jnp.issubdtype(self.dtype, jnp.floating):
             raise ValueError(f"GPTConfig.dtype must be a floating-point dtype; got {self.dtype!r}")
 
@@ -91,7 +97,8 @@ class GPTConfig:
 
     @classmethod
     def gpu(cls, **overrides: Any) -> "GPTConfig":
-        """GPT-2-small-sized blocks (12 x 768) in bf16 with jax.nn.dot_product_attention (cuDNN on a GPU)."""
+        """GPT-2-small-sized blocks (12 x 768) in bf16, attention by ``labkit.attention.choose_kernel`` (cuDNN's
+        fused kernel on an NVIDIA GPU from Ampere on, labkit's blockwise attention on a TPU or an older GPU)."""
         return cls(**{**dict(vocab_size=256, max_len=1024, num_layers=12, num_heads=12, width=768, mlp_width=3072,
                              dtype=jnp.bfloat16, attention="jax"), **overrides})
 
@@ -99,10 +106,11 @@ class GPTConfig:
     def for_profile(cls, profile: Profile | str | None = None, **overrides: Any) -> "GPTConfig":
         """The preset of a compute profile (default: ``labkit.profiles.get_profile()``) in its compute dtype.
 
-        ``tpu`` uses the ``gpu`` sizes.
+        ``tpu`` uses the ``gpu`` sizes; the profile also decides activation checkpointing (``remat``).
         """
         profile = profile if isinstance(profile, Profile) else get_profile(profile)
-        return profile.pick(ci=cls.ci, cpu=cls.cpu, gpu=cls.gpu)(**{"dtype": profile.compute_dtype, **overrides})
+        defaults = {"dtype": profile.compute_dtype, "remat": profile.remat}
+        return profile.pick(ci=cls.ci, cpu=cls.cpu, gpu=cls.gpu)(**{**defaults, **overrides})
 
     @classmethod
     def gpt2_small(cls, **overrides: Any) -> "GPTConfig":

@@ -9,12 +9,13 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 from jaxtyping import Array, Float, Int
+
+from labkit.masks import values_readable
 
 
 def cross_entropy(logits: Float[Array, "B T V"], targets: Int[Array, "B T"], *,
@@ -34,7 +35,7 @@ def cross_entropy(logits: Float[Array, "B T V"], targets: Int[Array, "B T"], *,
         raise TypeError(f"targets must be integer token ids; got dtype {targets.dtype}")
     if ignore is not None and (type(ignore) is not int or ignore >= 0):
         raise ValueError(f"ignore must be a negative int (never a token id) or None; got {ignore!r}")
-    if not isinstance(targets, jax.core.Tracer) and targets.size:  # values can only be checked outside jit
+    if values_readable(targets) and targets.size:  # values can only be checked outside jit, on this process
         values = np.asarray(targets)
         values = values[values != ignore] if ignore is not None else values
         low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)

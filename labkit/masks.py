@@ -30,6 +30,16 @@ def causal_mask(query_len: int, key_len: int | None = None, *, offset: int | Arr
     return (jnp.arange(key_len)[None, :] <= query_pos)[None, None]  # (1, 1, T, S)
 
 
+def values_readable(x: Any) -> bool:
+    """Whether this process can read ``x``'s values to check them: not a tracer inside ``jit``, and not an array
+    sharded over devices of other processes (reading one of those would fail in a multi-process run).
+
+    >>> values_readable(jnp.ones(3)), values_readable(np.ones(3))
+    (True, True)
+    """
+    return not isinstance(x, jax.core.Tracer) and bool(getattr(x, "is_fully_addressable", True))
+
+
 def padding_mask(lengths: Int[Array, " B"], key_len: int) -> Bool[Array, "B 1 1 S"]:
     """True for the first ``lengths[b]`` keys of row b: real tokens, not padding at the end.
 
@@ -41,7 +51,7 @@ def padding_mask(lengths: Int[Array, " B"], key_len: int) -> Bool[Array, "B 1 1 
         raise ValueError(f"lengths must be a 1-D integer array (B,); got shape {lengths.shape}, dtype {lengths.dtype}")
     if not isinstance(key_len, int) or key_len < 1:
         raise ValueError(f"key_len must be a positive int; got {key_len!r}")
-    if not isinstance(lengths, jax.core.Tracer) and lengths.size:  # values can only be checked outside jit
+    if values_readable(lengths) and lengths.size:  # values can only be checked outside jit, on this process
         low, high = int(lengths.min()), int(lengths.max())
         if low < 0 or high > key_len:
             raise ValueError(f"lengths must lie in [0, {key_len}]; got values from {low} to {high}")

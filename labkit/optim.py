@@ -69,6 +69,22 @@ class TrainConfig:
         """Tokens per optimizer step: k x B x T."""
         return self.accumulation * self.batch_size * self.seq_len
 
+    @property
+    def total_tokens(self) -> int:
+        """Tokens the whole run trains on: steps x k x B x T."""
+        return self.steps * self.tokens_per_step
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``labkit.train.fit`` that this config decides, so that a run cannot train on a
+        different number of tokens than ``total_tokens`` counts: ``fit(..., **config.fit_kwargs())``.
+
+        >>> TrainConfig.ci(accumulation=4).fit_kwargs()["accumulation"]
+        4
+        """
+        return dict(steps=self.steps, batch_size=self.batch_size, accumulation=self.accumulation,
+                    eval_every=self.eval_every, eval_batches=self.eval_batches,
+                    checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints)
+
     # ---- presets ----
     @classmethod
     def ci(cls, **overrides: Any) -> "TrainConfig":
@@ -105,8 +121,21 @@ def _check_int(name: str, value: Any, *, low: int) -> None:
 def make_schedule(config: TrainConfig) -> optax.Schedule:
     """The learning rate of each update: linear warm-up to the peak, then a cosine down to ``final_learning_rate``.
 
-    ``count`` is the number of updates already made (optax's convention), so the first update (count 0) uses
-    ``learning_rate / warmup_steps``, not 0, and update ``warmup_steps`` (count ``warmup_steps - 1``) the peak.
+    **Step convention.** optax calls a schedule with ``count``, the number of updates *already made*: the first
+    update of a run is count 0, the last count S - 1 (S = ``steps``). With s = count, warm-up W = ``warmup_steps``,
+    peak lr_max = ``learning_rate`` and final lr_min = ``final_learning_rate``::
+
+        lr(s) = lr_max * (s + 1) / W                                            for 0 <= s < W
+        lr(s) = lr_min + (lr_max - lr_min) * (1 + cos(pi * (s - W) / (S - W))) / 2   for W <= s <= S
+
+    The second line is the book's cosine (chapter 4) with its step s read as this count. So the first update already
+    has lr_max / W > 0 (no update is wasted at learning rate 0), updates W and W + 1 (counts W - 1 and W) both have
+    the peak, and the last update (count S - 1) a rate a hair above lr_min, which count S reaches. With W = 0 there
+    is no warm-up and count 0 has lr_max.
+
+    >>> s = make_schedule(TrainConfig.ci(steps=100, warmup_steps=10, learning_rate=1e-3, final_learning_rate=0.0))
+    >>> [round(float(s(count)), 6) for count in (0, 9, 55, 100)]    # updates 1, 10 (peak), 56 (halfway down), after
+    [0.0001, 0.001, 0.0005, 0.0]
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig; got {type(config).__name__}")

@@ -1,12 +1,12 @@
 """Scaling laws at small scale: the compute of a training run, power-law fits of loss against size or compute.
 
-Compute follows the convention of ``bench/train_gpt.py``: a trained token costs ``6`` FLOPs per weight that takes
-part in a matrix product (2 forward, 4 backward), plus attention's two T x T products. Sizes follow
+Compute follows the book's count (chapter 4): a trained token costs ``6`` FLOPs per weight that takes part in a
+matrix product (2 forward, 4 backward; ``matmul_weights``), plus attention's two T x T products. Sizes follow
 Kaplan et al. (2020): N counts the non-embedding parameters.
 
 >>> config = GPTConfig.ci()
 >>> non_embedding_params(config), flops_per_token(config, seq_len=64)
-(25472, 226560)
+(25472, 221184)
 >>> fit = fit_power_law([1e3, 1e4, 1e5], [4.0, 2.0, 1.0])   # L = a x^(-alpha)
 >>> round(fit.alpha, 4), round(float(fit.predict(1e6)), 4)
 (0.301, 0.5)
@@ -23,9 +23,11 @@ import numpy as np
 from scipy import optimize
 
 from labkit.gpt_config import GPTConfig, param_count
+from labkit.optim import TrainConfig
+from labkit.profiles import Profile, get_profile
 
 __all__ = ["PowerLaw", "compute_optimal", "fit_power_law", "fit_saturating_power_law", "flops_per_token",
-           "non_embedding_params", "pareto_frontier", "training_compute"]
+           "matmul_weights", "non_embedding_params", "pareto_frontier", "size_to_data", "training_compute"]
 
 ATTENTION = ("causal", "full", "none")  # how flops_per_token counts attention's T x T products
 
@@ -53,13 +55,33 @@ def non_embedding_params(config: GPTConfig) -> int:
     return param_count(config) - vocabulary - positions
 
 
+def matmul_weights(config: GPTConfig) -> int:
+    """The weights that take part in a matrix product for every token: the kernels of attention's four projections
+    and of the feed-forward network in every block, and the LM head's V x D matrix (tied or not).
+
+    Left out, as in the book's count of 6N: look-ups (the position table, and an untied token embedding on the way
+    in) and element-wise parameters (biases and norm scales).
+
+    >>> c = GPTConfig.ci()                                 # 2 blocks of 12 D² weights, and the V x D head
+    >>> matmul_weights(c) == 2 * 12 * c.width**2 + c.vocab_size * c.width
+    True
+    """
+    _check_config(config)
+    d, f, h = config.width, config.mlp_width, config.head_width
+    q_out, kv_out = config.num_heads * h, config.num_kv_heads * h
+    attn = 2 * d * q_out + 2 * d * kv_out  # query and out, key and value
+    mlp = (2 if config.mlp == "gelu" else 3) * d * f  # up, down (and gate for SwiGLU)
+    return config.num_layers * (attn + mlp) + config.vocab_size * d
+
+
 def flops_per_token(config: GPTConfig, seq_len: int, *, attention: str = "causal") -> int:
     """Training FLOPs (forward and backward) per token of a GPT on sequences of ``seq_len`` = T tokens.
 
-    ``6 N'`` for the weights, N' = all parameters except the learned position table (a look-up, not a product);
-    a tied token embedding counts once, as the LM head. Plus attention's scores q kᵀ and weighted sum of values:
-    ``6 L T D`` for the causal half a language model needs (``attention="causal"``), ``12 L T D`` for the full
-    square a plain implementation computes (``"full"``, PaLM's convention), nothing for ``"none"`` (the plain 6N).
+    ``6 N'`` for the weights, N' = ``matmul_weights(config)``: every weight of a matrix product, the LM head
+    included (a tied embedding counts once, as the head); look-ups, biases and norm scales count as free. Plus
+    attention's scores q kᵀ and weighted sum of values: ``6 L T D`` for the causal half a language model needs
+    (``attention="causal"``), ``12 L T D`` for the full square a plain implementation computes (``"full"``, PaLM's
+    convention), nothing for ``"none"`` (the plain 6N).
 
     >>> c = GPTConfig.ci()
     >>> flops_per_token(c, 64, attention="full") - flops_per_token(c, 64) == 6 * c.num_layers * 64 * c.width
@@ -69,9 +91,8 @@ def flops_per_token(config: GPTConfig, seq_len: int, *, attention: str = "causal
     _check_positive_int("seq_len", seq_len)
     if attention not in ATTENTION:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION)}; got {attention!r}")
-    weights = param_count(config) - (config.max_len * config.width if config.positions == "learned" else 0)
     per_square = 2 * 6 * config.num_layers * seq_len * config.width  # 2 products of 2 T D FLOPs, x 3 with backward
-    return 6 * weights + {"causal": per_square // 2, "full": per_square, "none": 0}[attention]
+    return 6 * matmul_weights(config) + {"causal": per_square // 2, "full": per_square, "none": 0}[attention]
 
 
 def training_compute(config: GPTConfig, seq_len: int, tokens: int, *, attention: str = "causal") -> float:
@@ -232,3 +253,71 @@ def pareto_frontier(x: Any, y: Any) -> np.ndarray:
             keep.append(i)
             lowest = y[i]
     return np.asarray(keep, dtype=np.int64)
+
+
+# ---- sizing a run to its data ------------------------------------------------------------------------------------
+
+MAX_PASSES = 4  # Muennighoff et al. (2023): up to about four passes over repeated data are almost as good as fresh
+TOKENS_PER_PARAM = 20  # Hoffmann et al. (2022): compute-optimal training uses about 20 tokens per parameter
+# The gpu/tpu rungs, smallest first: (L layers, D width, B, T, accumulation k, peak learning rate); head width 64.
+RUNGS = ((4, 256, 32, 512, 1, 2e-3), (6, 384, 32, 1024, 1, 1e-3), (8, 512, 32, 1024, 2, 8e-4),
+         (12, 768, 32, 1024, 8, 6e-4))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SizedRun:
+    """A model and a recipe chosen for the tokens a corpus has, with the two numbers that say how well they fit."""
+
+    config: GPTConfig  # the model
+    train: TrainConfig  # the recipe; train.total_tokens tokens are trained on
+    train_tokens: int  # tokens of training data available
+    reason: str  # why this size, in one line
+
+    @property
+    def passes(self) -> float:
+        """How many times the run goes over its training data on average (tokens trained / tokens available)."""
+        return self.train.total_tokens / self.train_tokens
+
+    @property
+    def tokens_per_param(self) -> float:
+        """Tokens trained per non-embedding parameter (about 20 is compute-optimal)."""
+        return self.train.total_tokens / non_embedding_params(self.config)
+
+
+def size_to_data(profile: Profile | str, train_tokens: int, *, vocab_size: int) -> SizedRun:
+    """The profile's model and recipe for ``train_tokens`` tokens of training data.
+
+    ``ci`` and ``cpu`` keep their presets (sized to a time budget; their passes are stated, not changed). ``gpu``
+    and ``tpu`` take the largest of ``RUNGS`` that the data can feed with ``TOKENS_PER_PARAM`` tokens per
+    non-embedding parameter in at most ``MAX_PASSES`` passes, trained for that many tokens; with less data than the
+    smallest rung needs (Python's documentation has about 0.1M tokens), the ``cpu`` recipe in the profile's dtype.
+
+    >>> run = size_to_data("gpu", 500_000_000, vocab_size=50257)      # a corpus of half a billion tokens
+    >>> run.config.num_layers, run.config.width, round(run.tokens_per_param), round(run.passes, 1)
+    (12, 768, 20, 3.4)
+    """
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    _check_positive_int("train_tokens", train_tokens)
+    _check_positive_int("vocab_size", vocab_size)
+    if profile.name in ("ci", "cpu"):
+        return SizedRun(config=GPTConfig.for_profile(profile, vocab_size=vocab_size),
+                        train=TrainConfig.for_profile(profile), train_tokens=train_tokens,
+                        reason=f"the {profile.name} preset, sized to its time budget")
+    for layers, width, batch, seq_len, accumulation, lr in reversed(RUNGS):
+        config = GPTConfig.for_profile(profile, vocab_size=vocab_size, num_layers=layers, width=width,
+                                       num_heads=width // 64, mlp_width=4 * width, max_len=seq_len)
+        tokens = TOKENS_PER_PARAM * non_embedding_params(config)
+        if tokens <= MAX_PASSES * train_tokens:
+            steps = -(-tokens // (accumulation * batch * seq_len))
+            train = TrainConfig.for_profile(profile, steps=steps, batch_size=batch, seq_len=seq_len,
+                                            accumulation=accumulation, learning_rate=lr, final_learning_rate=lr / 10,
+                                            warmup_steps=min(500, steps // 10), eval_every=max(1, min(250, steps // 10)),
+                                            checkpoint_every=max(1, min(500, steps // 4)))
+            return SizedRun(config=config, train=train, train_tokens=train_tokens,
+                            reason=f"the largest model that {TOKENS_PER_PARAM} tokens per parameter in at most "
+                                   f"{MAX_PASSES} passes allow")
+    cpu = get_profile("cpu")  # `tokens` is now what the smallest rung would train on
+    return SizedRun(config=GPTConfig.for_profile(cpu, vocab_size=vocab_size, dtype=profile.compute_dtype,
+                                                 remat=profile.remat),
+                    train=TrainConfig.for_profile(cpu), train_tokens=train_tokens,
+                    reason=f"the cpu recipe: a larger model needs {-(-tokens // MAX_PASSES):,} training tokens")

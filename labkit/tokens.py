@@ -2,7 +2,8 @@
 
 A corpus is tokenized once and written as one flat array of ids (a ``.npy`` file, uint16 when the vocabulary fits,
 else uint32). Training opens it memory-mapped, so only the windows a batch uses are read from disk, and draws
-windows of T + 1 consecutive ids at uniformly random starts: x = window[:-1], y = window[1:].
+windows of T + 1 consecutive ids at uniformly random starts: x = window[:-1], y = window[1:]. A corpus larger than
+memory is tokenized as a stream (``write_token_stream``).
 
 >>> path = write_tokens(directory / "pydoc.npy", ids, vocab_size=tok.vocab_size)
 >>> train_ids, valid_ids = split_tokens(open_tokens(path), validation_fraction=0.1)
@@ -15,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import jax
 import numpy as np
@@ -75,6 +76,49 @@ def write_tokens(path: str | Path, ids: Any, *, vocab_size: int, overwrite: bool
             os.fsync(f.fileno())
         os.replace(partial, path)
     finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def write_token_stream(path: str | Path, chunks: Iterable[Any], *, vocab_size: int, overwrite: bool = False) -> Path:
+    """Write the ids of ``chunks`` (arrays of ids, e.g. ``tokenizer.encode_stream(data.read_corpus())``) one after
+    another to the ``.npy`` file ``path``, atomically; memory holds one chunk at a time, whatever the corpus size.
+
+    The ids go to a raw temporary file as they come; once their number is known, the ``.npy`` header and the ids
+    are copied, block by block, into a second temporary file that is renamed to ``path``.
+
+    >>> path = write_token_stream(directory / "corpus.npy", tok.encode_stream(data.read_corpus("books/")),
+    ...                           vocab_size=tok.vocab_size)
+    """
+    path = Path(path)
+    dtype = token_dtype(vocab_size)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"path {path} already exists; pass overwrite=True to replace it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder of path, {path.parent}, does not exist; create it first")
+    raw = path.with_name(f".{path.name}.{os.getpid()}.ids")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        count = 0
+        with open(raw, "wb") as f:
+            for i, chunk in enumerate(chunks):
+                ids = np.asarray(chunk)
+                if ids.size:
+                    _check_ids(ids, vocab_size, f"chunk {i} of chunks")
+                    f.write(ids.astype(dtype).tobytes())
+                    count += ids.size
+        if count == 0:
+            raise ValueError("chunks held no token ids; expected at least one")
+        with open(partial, "wb") as out, open(raw, "rb") as f:
+            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                       "fortran_order": False, "shape": (count,)})
+            for block in iter(lambda: f.read(1 << 20), b""):  # 1 MB at a time
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+    finally:
+        raw.unlink(missing_ok=True)
         partial.unlink(missing_ok=True)
     return path
 

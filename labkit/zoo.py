@@ -29,6 +29,7 @@ from labkit.bpe import BPETokenizer
 from labkit.gpt import GPT, GPTConfig
 from labkit.lm import loss as lm_loss
 from labkit.optim import TrainConfig, make_optimizer
+from labkit.scaling import size_to_data
 from labkit.profiles import Profile, get_profile
 from labkit.tokens import TokenWindows, split_tokens
 from labkit.train import History, fit
@@ -40,7 +41,7 @@ _FORMAT = 2  # bump when the recipe changes in a way the digest does not see
 # The modules whose code decides the tokenizer and the trained weights; their source is part of the digest, so an
 # edit to any of them trains afresh instead of loading weights the new code would not have produced.
 _RECIPE = ("bpe", "bpe_train", "gpt", "gpt_config", "attention", "blockwise", "masks", "positions", "kvcache", "nn",
-           "lm", "optim", "step", "train", "tokens", "checkpoint", "data", "zoo")
+           "lm", "optim", "step", "train", "tokens", "checkpoint", "data", "profiles", "scaling", "zoo")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -100,43 +101,42 @@ def pretrained_gpt(
 ) -> Pretrained:
     """Train (or load from ``cache``) the profile's GPT on ``corpus``, with a BPE of ``vocab_size`` tokens.
 
-    ``vocab_size`` defaults to 512 (ci), 2048 (cpu) or 8192 (gpu, tpu); ``cache`` to
+    ``vocab_size`` defaults to 512 (ci) or 2048 (cpu, gpu, tpu: the corpora are small); ``cache`` to
     ``labkit.data.cache_dir() / "pretrained"``. ``key`` decides the initial weights and the training batches.
-    ``model_overrides`` and ``train_overrides`` replace fields of ``GPTConfig.for_profile`` and
-    ``TrainConfig.for_profile``.
+    The model and recipe are ``labkit.scaling.size_to_data``'s for the corpus's training tokens (the presets on
+    ci and cpu; on gpu and tpu the largest model the data can feed); ``model_overrides`` and ``train_overrides``
+    replace fields of them.
     """
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     if corpus not in CORPORA:
         raise ValueError(f"corpus must be one of {', '.join(CORPORA)}; got {corpus!r}")
     if not isinstance(key, jax.Array) or not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         raise TypeError(f"key must be a typed jax random key (jax.random.key(seed)); got {type(key).__name__}")
-    vocab_size = profile.pick(ci=512, cpu=2048, gpu=8192) if vocab_size is None else vocab_size
+    vocab_size = profile.pick(ci=512, cpu=2048) if vocab_size is None else vocab_size
     if type(vocab_size) is not int or vocab_size < 256:
         raise ValueError(f"vocab_size must be an int of at least 256 (the byte ids); got {vocab_size!r}")
-    train_config = TrainConfig.for_profile(profile, **(train_overrides or {}))
-    config = GPTConfig.for_profile(profile, **{"vocab_size": vocab_size, **(model_overrides or {})})
-    if config.max_len < train_config.seq_len:
-        raise ValueError(f"the model's max_len ({config.max_len}) is shorter than the training seq_len "
-                         f"({train_config.seq_len})")
 
     text = data.load(corpus)
     digest = _digest(format=_FORMAT, profile=profile.name, corpus=corpus, vocab_size=vocab_size,
                      text=hashlib.sha256(text.encode("utf-8")).hexdigest(), validation_fraction=validation_fraction,
-                     config=config, train_config=train_config, key=np.asarray(jax.random.key_data(key)).tolist())
+                     model_overrides=model_overrides or {}, train_overrides=train_overrides or {},
+                     dtype=profile.compute_dtype, key=np.asarray(jax.random.key_data(key)).tolist())
     directory = Path(cache) if cache is not None else data.cache_dir() / "pretrained"
     directory = directory / f"gpt-{profile.name}-{corpus}-{digest}"
     tokenizer, ids = _tokenized(text, vocab_size, directory)
     train_ids, valid_ids = split_tokens(ids, validation_fraction=validation_fraction)
+    sized = size_to_data(profile, len(train_ids), vocab_size=vocab_size)  # gpu, tpu: the model the data can feed
+    config = dataclasses.replace(sized.config, **(model_overrides or {}))
+    train_config = dataclasses.replace(sized.train, **(train_overrides or {}))
+    if config.max_len < train_config.seq_len:
+        raise ValueError(f"the model's max_len ({config.max_len}) is shorter than the training seq_len "
+                         f"({train_config.seq_len})")
 
     model = GPT(config, rngs=nnx.Rngs(jax.random.fold_in(key, 0)))
     optimizer = nnx.Optimizer(model, make_optimizer(train_config), wrt=nnx.Param)
     history = fit(model, optimizer, lm_loss, TokenWindows(train_ids, seq_len=train_config.seq_len),
-                  steps=train_config.steps, batch_size=train_config.batch_size,
-                  accumulation=train_config.accumulation, key=jax.random.fold_in(key, 1),
-                  eval_data=TokenWindows(valid_ids, seq_len=train_config.seq_len),
-                  eval_every=train_config.eval_every, eval_batches=train_config.eval_batches,
-                  checkpoint_dir=directory / "checkpoints", checkpoint_every=train_config.checkpoint_every,
-                  keep_checkpoints=train_config.keep_checkpoints, progress=progress)
+                  key=jax.random.fold_in(key, 1), eval_data=TokenWindows(valid_ids, seq_len=train_config.seq_len),
+                  checkpoint_dir=directory / "checkpoints", progress=progress, **train_config.fit_kwargs())
     model.eval()
     return Pretrained(model=model, tokenizer=tokenizer, config=config, train_config=train_config, history=history,
                       train_ids=train_ids, valid_ids=valid_ids, directory=directory)

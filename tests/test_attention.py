@@ -214,3 +214,53 @@ def test_cache_overflow_is_an_error():
         cache.append(jnp.ones((1, 3, 1, 2)), jnp.ones((1, 3, 1, 2)))
     with pytest.raises(ValueError, match="keys must have shape"):
         cache.append(jnp.ones((1, 1, 2, 2)), jnp.ones((1, 1, 2, 2)))
+
+
+# ---- which kernel on which hardware ------------------------------------------------------------------------------
+
+from labkit.profiles import Accelerator  # noqa: E402
+
+AMPERE, HOPPER, T4, V100 = (Accelerator("gpu", "cuda", cc) for cc in ((8, 0), (9, 0), (7, 5), (7, 0)))
+
+
+@pytest.mark.parametrize("hardware, dtype, masked, head_width, expected", [
+    (AMPERE, jnp.bfloat16, False, 64, "cudnn"), (HOPPER, jnp.float16, False, 128, "cudnn"),
+    (T4, jnp.float16, False, 64, "blockwise"), (V100, jnp.bfloat16, False, 64, "blockwise"),  # no flash kernel
+    (Accelerator("gpu", "rocm"), jnp.bfloat16, False, 64, "blockwise"),  # AMD also reports "gpu"
+    (Accelerator("tpu"), jnp.bfloat16, False, 64, "blockwise"),
+    (HOPPER, jnp.float32, False, 64, "blockwise"), (HOPPER, jnp.bfloat16, True, 64, "blockwise"),  # fallbacks
+    (HOPPER, jnp.bfloat16, False, 12, "blockwise"), (HOPPER, jnp.bfloat16, False, 256, "blockwise"),
+    (Accelerator("cpu"), jnp.bfloat16, False, 64, "xla"), (Accelerator("cpu"), jnp.float32, True, 64, "xla")])
+def test_choose_kernel(hardware, dtype, masked, head_width, expected):
+    assert A.choose_kernel(hardware, dtype=dtype, masked=masked, head_width=head_width) == expected
+
+
+@pytest.mark.parametrize("hardware", [Accelerator("tpu"), T4])
+def test_jax_attention_on_a_tpu_or_an_old_gpu_is_the_blockwise_attention(monkeypatch, hardware):
+    calls = []
+    real = A.blockwise_attention
+    monkeypatch.setattr(A, "accelerator", lambda: hardware)
+    monkeypatch.setattr(A, "blockwise_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    q, k, v, mask = random_case(2, 6, 6, 4, 2, 8, seed=3)
+    out = A.jax_attention(q, k, v, mask=mask, causal=True, block_size=4)
+    np.testing.assert_allclose(out, A.dot_product_attention(q, k, v, mask=mask, causal=True), atol=1e-5)
+    assert len(calls) == 1 and calls[0]["block_size"] == 4
+
+
+def _temp_bytes(fn, *args) -> int:
+    """XLA's own figure for the scratch memory of the compiled forward and backward pass."""
+    return jax.jit(jax.grad(lambda *a: fn(*a).sum(), argnums=(0, 1, 2))).lower(*args).compile().memory_analysis(
+    ).temp_size_in_bytes
+
+
+def test_blockwise_attention_memory_grows_linearly_not_quadratically_in_T():
+    def measure(t):
+        q = k = v = jnp.zeros((1, t, 4, 16), jnp.float32)  # (B, T, N, H)
+        plain = _temp_bytes(lambda q, k, v: A.dot_product_attention(q, k, v, causal=True), q, k, v)
+        blockwise = _temp_bytes(lambda q, k, v: A.blockwise_attention(q, k, v, causal=True, block_size=64), q, k, v)
+        return plain, blockwise
+
+    (plain_1, block_1), (plain_2, block_2) = measure(1024), measure(2048)
+    assert plain_2 >= 4 * 2048 * 2048 * 4  # the plain attention holds a float32 (B, N, T, T) matrix of scores
+    assert plain_2 / plain_1 > 3.5 and block_2 / block_1 < 2.5  # doubling T: about 4x against about 2x
+    assert block_2 < plain_2 / 4

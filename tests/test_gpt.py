@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from labkit.gpt import GPT, Block, GPTConfig, count_params, param_count
+from labkit.lm import cross_entropy as lm_cross_entropy
 from labkit.nn import cross_entropy
 from labkit.profiles import get_profile
 from labkit.train import make_train_step
@@ -53,7 +54,8 @@ def test_gpt2_small_has_124m_parameters():
 def test_presets_follow_the_profile():
     assert GPTConfig.for_profile("ci") == GPTConfig.ci()
     assert GPTConfig.for_profile(get_profile("cpu")) == GPTConfig.cpu()
-    assert GPTConfig.for_profile("tpu", num_layers=3) == GPTConfig.gpu(num_layers=3)
+    assert GPTConfig.for_profile("tpu", num_layers=3) == GPTConfig.gpu(num_layers=3, remat=True)  # 16 GB chips
+    assert GPTConfig.for_profile("gpu", remat=True).remat and not GPTConfig.for_profile("gpu").remat
     assert GPTConfig.gpu().dtype == jnp.bfloat16
     assert GPTConfig.for_profile("gpu").dtype == get_profile("gpu").compute_dtype
     llama = GPTConfig.llama_style()
@@ -209,3 +211,62 @@ def test_an_encoder_block_sees_the_future_and_a_decoder_block_does_not():
         assert first_moved is (not causal)
     with pytest.raises(TypeError, match="causal must be a bool"):
         Block(config, causal="no", rngs=nnx.Rngs(0))
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+    config = GPTConfig.ci(num_layers=2, max_len=16)
+    tokens = tokens_for(config, (2, 16))
+
+    def loss_and_grads(remat):
+        model = GPT(dataclasses.replace(config, remat=remat), rngs=nnx.Rngs(0))
+        return nnx.jit(nnx.value_and_grad(lambda m, x: lm_cross_entropy(m(x[:, :-1]), x[:, 1:])))(model, tokens)
+
+    (loss, grads), (loss_remat, grads_remat) = loss_and_grads(False), loss_and_grads(True)
+    np.testing.assert_allclose(loss_remat, loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="GPTConfig.remat must be a bool"):
+        GPTConfig.ci(remat="yes")
+
+
+def test_remat_recomputes_the_blocks_in_the_backward_pass():
+    config = GPTConfig.ci(num_layers=2, max_len=16)
+    tokens = tokens_for(config, (2, 16))
+
+    def grad_jaxpr(remat):
+        model = GPT(dataclasses.replace(config, remat=remat), rngs=nnx.Rngs(0))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        loss = lambda p: lm_cross_entropy(nnx.merge(graphdef, p, rest, copy=True)(tokens[:, :-1]), tokens[:, 1:])  # noqa: E731
+        return str(jax.make_jaxpr(jax.grad(loss))(params))
+
+    assert "checkpoint" in grad_jaxpr(True) or "remat" in grad_jaxpr(True)
+    assert "checkpoint" not in grad_jaxpr(False) and "remat" not in grad_jaxpr(False)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_lm_head_accumulates_in_float32(tie):
+    config = GPTConfig.ci(dtype=jnp.bfloat16, tie_embeddings=tie)
+    model = GPT(config, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (1, 3, config.width)).astype(jnp.bfloat16)
+    jaxpr = str(jax.make_jaxpr(model.logits)(x))
+    assert "preferred_element_type=float32" in jaxpr
+    logits = model.logits(x)
+    weight = model.embed.embedding[...].T if tie else model.head.kernel[...]
+    exact = np.asarray(x, np.float64) @ np.asarray(jnp.asarray(weight, jnp.bfloat16), np.float64)
+    assert logits.dtype == jnp.float32
+    np.testing.assert_allclose(logits, exact, rtol=1e-4, atol=1e-4)  # bf16 products, summed in float32
+
+
+class _Elsewhere:
+    """An array sharded over devices of other processes: shape and dtype known, values not readable here."""
+
+    ndim, shape, size, dtype, is_fully_addressable = 2, (1, 4), 4, np.dtype(np.int32), False
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the values of an array on other processes were read")
+
+
+def test_value_checks_skip_arrays_this_process_cannot_read():
+    from labkit.masks import values_readable
+    assert values_readable(np.ones(2)) and values_readable(jnp.ones(2)) and not values_readable(_Elsewhere())
+    GPT(GPTConfig.ci(), rngs=nnx.Rngs(0))._check(_Elsewhere(), None)  # no error: the check is skipped

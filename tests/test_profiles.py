@@ -46,3 +46,50 @@ def test_device_summary_names_backend_devices_and_profile():
     assert jax.default_backend() in text
     assert f"devices: {len(jax.devices())}" in text
     assert "profile: ci" in text
+
+
+# ---- the hardware decides dtype and compilation cache ------------------------------------------------------------
+
+from labkit import profiles  # noqa: E402
+from labkit.profiles import Accelerator, has_bfloat16  # noqa: E402
+
+
+@pytest.mark.parametrize("hardware, fast", [
+    (Accelerator("tpu"), True), (Accelerator("gpu", "cuda", (9, 0)), True), (Accelerator("gpu", "cuda", (8, 0)), True),
+    (Accelerator("gpu", "cuda", (7, 5)), False), (Accelerator("gpu", "cuda", (7, 0)), False),  # T4, V100
+    (Accelerator("gpu", "rocm"), True), (Accelerator("gpu", "cuda", None), False), (Accelerator("cpu"), False)])
+def test_bfloat16_only_where_the_hardware_has_it(hardware, fast):
+    assert has_bfloat16(hardware) is fast
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 5), jnp.float32), ((8, 6), jnp.bfloat16)])
+def test_gpu_profile_on_its_own_gpu_picks_dtype_and_turns_on_the_compilation_cache(monkeypatch, capability, dtype):
+    cached = []
+    monkeypatch.setattr(profiles, "accelerator", lambda: Accelerator("gpu", "cuda", capability))
+    monkeypatch.setattr(profiles, "enable_compilation_cache", lambda directory=None: cached.append(directory))
+    profile = get_profile("gpu")
+    assert profile.compute_dtype == dtype and cached == [None]
+    assert ("float32" in profile.description) is (dtype == jnp.float32)
+
+
+def test_a_profile_named_on_other_hardware_changes_nothing(monkeypatch):
+    monkeypatch.setattr(profiles, "enable_compilation_cache", lambda directory=None: pytest.fail("cache turned on"))
+    monkeypatch.setattr(profiles, "accelerator", lambda: Accelerator("cpu"))
+    assert get_profile("gpu") == profiles.PROFILES["gpu"] and get_profile("tpu").remat
+    assert get_profile("cpu") == profiles.PROFILES["cpu"] and get_profile("ci") == profiles.PROFILES["ci"]
+
+
+def test_compilation_cache_goes_to_the_labkit_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        assert profiles.enable_compilation_cache() == tmp_path / "jax"
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax") and (tmp_path / "jax").is_dir()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_profile_text_says_one_device_until_a_model_is_sharded():
+    for name in ("gpu", "tpu"):
+        text = profiles.PROFILES[name].description
+        assert "one " in text and "or more" not in text and "device 0" in text

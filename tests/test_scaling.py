@@ -1,6 +1,8 @@
+import dataclasses
 import doctest
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -33,14 +35,34 @@ def test_non_embedding_params_is_about_12_L_D_squared():
 
 
 def test_flops_per_token_by_hand():
-    # GPT-2-style, tied: 6 x (all parameters but the position table) + attention, causal half or full square.
+    # 6 x (the block kernels + the V x D head) + attention, causal half or full square; biases, norm scales and the
+    # position table are not matrix products (the book's count).
     c = GPTConfig.ci()
-    weights = 25472 + 256 * 32  # non-embedding + the token table (it is the LM head too)
+    weights = 2 * 12 * 32 * 32 + 256 * 32  # 2 blocks of 4 D² (attention) + 8 D² (MLP, F = 4D); the tied head
     assert flops_per_token(c, 64, attention="none") == 6 * weights
     assert flops_per_token(c, 64) == 6 * weights + 6 * 2 * 64 * 32
     assert flops_per_token(c, 64, attention="full") == 6 * weights + 12 * 2 * 64 * 32
-    rotary = GPTConfig.ci(positions="rotary", tie_embeddings=False)  # no position table; the head counts separately
-    assert flops_per_token(rotary, 16, attention="none") == 6 * (non_embedding_params(rotary) + 2 * 256 * 32)
+    untied = GPTConfig.ci(positions="rotary", tie_embeddings=False)  # the untied input table is a look-up: free
+    assert flops_per_token(untied, 16, attention="none") == 6 * weights
+
+
+def _kernel_count(config):
+    """Parameters of a built model that sit in a matrix product: every Linear kernel, plus a tied embedding."""
+    model = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
+    total = 0
+    for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if path[-1] == "kernel" or (path[-1] == "embedding" and config.tie_embeddings and "embed" in path):
+            total += value.get_value().size
+    return total
+
+
+@pytest.mark.parametrize("config", [
+    GPTConfig.ci(), GPTConfig.ci(tie_embeddings=False, bias=False, norm="rmsnorm"),
+    GPTConfig.llama_style(num_layers=1, width=64, num_heads=4, num_kv_heads=2, mlp_width=96)])
+def test_matmul_weights_are_the_kernels_of_a_built_model(config):
+    assert scaling.matmul_weights(config) == _kernel_count(config)
+    # the formula agrees with the book: biases and norms do not change it
+    assert scaling.matmul_weights(dataclasses.replace(config, bias=not config.bias)) == scaling.matmul_weights(config)
 
 
 def test_training_compute_is_flops_per_token_times_tokens_and_close_to_6ND_for_a_wide_model():
@@ -196,3 +218,36 @@ def test_saturating_fit_of_arbitrary_points_is_finite_and_below_the_data(ys):
     assert all(math.isfinite(v) for v in (fit.a, fit.alpha, fit.c, fit.r2))
     assert 0.0 <= fit.c < y.min() and fit.a > 0
     assert fit.r2 >= fit_power_law(np.arange(1.0, len(y) + 1), y).r2 - 1e-9  # c = 0 is one of its candidates
+
+
+# ---- sizing a run to its data ------------------------------------------------------------------------------------
+
+from labkit.optim import TrainConfig  # noqa: E402
+
+
+def test_ci_and_cpu_keep_their_presets():
+    for name in ("ci", "cpu"):
+        run = scaling.size_to_data(name, 100_000, vocab_size=512)
+        assert run.config == GPTConfig.for_profile(name, vocab_size=512) and run.train == TrainConfig.for_profile(name)
+
+
+@pytest.mark.parametrize("profile", ["gpu", "tpu"])
+@pytest.mark.parametrize("train_tokens", [85_000, 3 * 10**6, 2 * 10**7, 6 * 10**7, 2 * 10**8, 5 * 10**8, 10**10])
+def test_gpu_and_tpu_runs_are_sized_to_their_data(profile, train_tokens):
+    run = scaling.size_to_data(profile, train_tokens, vocab_size=8192)
+    assert run.config.dtype == jnp.bfloat16 and run.config.max_len >= run.train.seq_len
+    if run.config.width == GPTConfig.cpu().width:  # too little data: the cpu recipe, passes stated
+        assert train_tokens * scaling.MAX_PASSES < scaling.TOKENS_PER_PARAM * 3_000_000
+        assert run.train == TrainConfig.cpu() and "cpu recipe" in run.reason
+    else:  # about 20 tokens per parameter, never more than 4 passes
+        assert run.passes <= scaling.MAX_PASSES and 20 <= run.tokens_per_param < 20.1
+    assert run.train.total_tokens == run.train.steps * run.train.tokens_per_step
+
+
+def test_more_data_never_gets_a_smaller_model_and_pydoc_never_gets_gpt2_small():
+    sizes = [scaling.non_embedding_params(scaling.size_to_data("gpu", n, vocab_size=8192).config)
+             for n in np.geomspace(1e4, 1e10, 25).astype(int).tolist()]
+    assert sizes == sorted(sizes)
+    pydoc = scaling.size_to_data("gpu", 94_000, vocab_size=8192)  # the old gpu preset: 1.3B tokens, ~14,000 passes
+    assert pydoc.passes < 20 and pydoc.config.num_layers < 12
+    assert scaling.size_to_data("gpu", 10**9, vocab_size=50257).train.accumulation == 8  # GPT-2 small's k x B x T
