@@ -55,10 +55,16 @@ def _reveals(text: str, secret: set[str]) -> bool:
     return any(line in lines or (len(line) >= 8 and line in plain) for line in secret)
 
 
+# Frames inside the grader's own machinery: public code, but they show how the hidden cases are run and tell a
+# student nothing about their bug (the error's message, kept, does).
+GRADER_FRAMES = ("labkit/grading.py", "sealed_grader", "_hidden_grader")
+
+
 def _clean(output: Any, secret: set[str]) -> Any:
     """The output with every traceback frame or text line that shows hidden code removed."""
     if output.output_type == "error":
-        frames = [frame for frame in output.traceback if not _reveals(frame, secret)]
+        frames = [frame for frame in output.traceback
+                  if not _reveals(frame, secret) and not any(m in _ANSI.sub("", frame) for m in GRADER_FRAMES)]
         if len(frames) < len(output.traceback):
             frames.insert(len(frames) - 1 if frames else 0, HIDDEN_NOTE)
         output.traceback = frames or [f"{output.ename}: {output.evalue}"]
