@@ -42,7 +42,7 @@ LANDMARKS: tuple[Landmark, ...] = (
              note="280B parameters trained on 300B tokens (section 3)"),
     Landmark(name="Chinchilla", year=2022, parameters=7.0e10, tokens=1.4e12, compute=None, source="hoffmann2022training",
              note="70B parameters, 1.4T tokens (section 4)"),
-    Landmark(name="PaLM", year=2022, parameters=5.4e11, tokens=7.8e11, compute=None, source="chowdhery2022palm",
+    Landmark(name="PaLM", year=2022, parameters=5.4e11, tokens=7.8e11, compute=None, source="chowdhery2023palm",
              note="540B parameters, 780B tokens (sections 1 and 3)"),
     Landmark(name="LLaMA-65B", year=2023, parameters=6.52e10, tokens=1.4e12, compute=None, source="touvron2023llama",
              note="65.2B parameters, 1.4T tokens (Table 2)"),

@@ -153,9 +153,14 @@ def write_if_changed(path: Path, data: bytes) -> bool:
 
 
 def run_notebooks(build: Path, profile: str, force: bool) -> tuple[int, dict[str, bytes]]:
-    """Execute stale notebooks; return how many ran and the staged bytes of every notebook."""
+    """Execute stale notebooks; return how many ran and the staged bytes of every notebook.
+
+    A notebook that raises does not stop the others: each failure is reported, the failed notebook (its outputs up
+    to the error) is kept in build/failed/, and the build stops once all have run (exit 1, naming every failure).
+    """
     notebooks = toc_notebooks()
     staged: dict[str, bytes] = {}
+    failed: list[str] = []
     ran = 0
     for i, path in enumerate(notebooks, 1):
         rel = str(path.relative_to(REPO))
@@ -172,9 +177,12 @@ def run_notebooks(build: Path, profile: str, force: bool) -> tuple[int, dict[str
             nb = nbformat.from_dict(json.loads(json.dumps(source)))
             try:
                 execute(path, nb)
-            except Exception as error:  # noqa: BLE001 - report which notebook failed, then stop the build
-                print(f"\nFAILED: {rel}\n{error}", file=sys.stderr)
-                raise SystemExit(1) from None
+            except Exception as error:  # noqa: BLE001 - report which notebook failed, run the others, then stop
+                print(f"\nFAILED: {rel}\n{error}", file=sys.stderr, flush=True)
+                write_if_changed(build / "failed" / rel, nbformat.writes(nb).encode())  # outputs up to the error
+                failed.append(rel)
+                continue
+            (build / "failed" / rel).unlink(missing_ok=True)
             seconds = time.perf_counter() - start
             nb.metadata["labkit_build"] = {"key": key, "profile": profile, "labkit": deps, "seconds": round(seconds, 1)}
             write_if_changed(cached_path, nbformat.writes(nb).encode())
@@ -182,6 +190,9 @@ def run_notebooks(build: Path, profile: str, force: bool) -> tuple[int, dict[str
             ran += 1
             print(f"[{i}/{len(notebooks)}] {rel}: done in {seconds:.1f} s", flush=True)
         staged[rel] = nbformat.writes(with_current_text(source, cached)).encode()
+    if failed:
+        print(f"\n{len(failed)} notebook(s) failed: {', '.join(failed)} (see {build / 'failed'})", file=sys.stderr)
+        raise SystemExit(1)
     return ran, staged
 
 
@@ -218,6 +229,8 @@ def main() -> None:
     profile = labkit.get_profile().name
     os.environ["LABKIT_PROFILE"] = profile  # the kernels inherit it, so key and execution agree
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    # The kernels import this checkout's labkit, whichever checkout the environment's editable install points at.
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     build = args.root.resolve() / "_build"
     start = time.perf_counter()
     ran, notebooks = run_notebooks(build, profile, args.force)

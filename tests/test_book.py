@@ -69,9 +69,10 @@ class _Resources(HTMLParser):
 
 
 @pytest.mark.slow
-def test_the_book_builds_offline_with_every_page(tmp_path):
-    out = _build(tmp_path, REPO / "scripts" / "build_book.py")
-    html = tmp_path / "_build" / "html"
+def test_the_book_builds_offline_with_every_page(built_book):
+    built_book.check()  # the session's one build (tests/conftest.py), also opened by tests/test_browser.py
+    out = built_book.stdout
+    html = built_book.html
     pages = build_book.toc_files(REPO / "_toc.yml")
     for page in pages:
         assert (html / f"{page}.html").is_file(), f"missing page {page}.html"
@@ -94,7 +95,7 @@ def test_the_book_builds_offline_with_every_page(tmp_path):
     for notebook in build_book.toc_notebooks():
         assert f"{notebook.relative_to(REPO)}: executing" in out
 
-    again = _build(tmp_path, REPO / "scripts" / "build_book.py")
+    again = _build(built_book.root, REPO / "scripts" / "build_book.py")
     assert "0 notebook(s) executed" in again
     assert "executing" not in again
 
@@ -148,3 +149,23 @@ def test_editing_labkit_reruns_only_the_notebooks_that_import_it(tmp_path):
     assert "notebooks/b.ipynb: up to date" in after_edit
     executed = json.loads((project / "_build" / "executed" / "notebooks" / "a.ipynb").read_text())
     assert "labkit/bigram.py" in executed["metadata"]["labkit_build"]["labkit"]
+
+
+@pytest.mark.slow
+def test_a_failing_notebook_is_named_kept_and_the_others_still_run(tmp_path):
+    project = tmp_path / "project"
+    script = _mini_project(project)
+    nb_path = project / "notebooks" / "a.ipynb"
+    nb = nbformat.read(nb_path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("raise ValueError('planted failure')"))
+    nbformat.write(nb, nb_path)
+    result = subprocess.run([sys.executable, str(script), "--root", str(project)], capture_output=True, text=True,
+                            env={**__import__("os").environ, "LABKIT_PROFILE": "ci"})
+    assert result.returncode == 1
+    assert "FAILED: notebooks/a.ipynb" in result.stderr and "planted failure" in result.stderr
+    assert "1 notebook(s) failed: notebooks/a.ipynb" in result.stderr
+    assert "notebooks/b.ipynb: done" in result.stdout  # the other notebook still ran
+    kept = nbformat.read(project / "_build" / "failed" / "notebooks" / "a.ipynb", as_version=4)
+    errors = [o for cell in kept.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    assert [e["evalue"] for e in errors] == ["planted failure"]
+    assert "a ran" in kept.cells[1].outputs[0]["text"]  # outputs up to the error are kept

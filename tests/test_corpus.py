@@ -1,14 +1,13 @@
 """A corpus you bring (a file or folder, LABKIT_CORPUS) or download, tokenized as a stream into a memory-mapped file."""
 
 import hashlib
-import http.server
-import threading
 import tracemalloc
 
 import numpy as np
 import pytest
 
 from labkit import data
+from localweb import serve
 from labkit.bpe import BPETokenizer
 from labkit.tokens import open_tokens, write_token_stream
 
@@ -100,22 +99,10 @@ def test_a_downloaded_corpus_is_checked_then_tokenized(tmp_path):
     www.mkdir()
     (www / "play.txt").write_bytes(payload)
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(www), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        remote = data.RemoteFile(url=f"http://127.0.0.1:{httpd.server_address[1]}/play.txt",
-                                 sha256=hashlib.sha256(payload).hexdigest(), filename="play.txt")
+    with serve(www) as url:
+        remote = data.RemoteFile(url=f"{url}play.txt", sha256=hashlib.sha256(payload).hexdigest(),
+                                 filename="play.txt")
         path = data.fetch(remote, cache=tmp_path / "cache")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     tokenizer = BPETokenizer.train(data.corpus_head(path, chars=500), vocab_size=280)
     ids = open_tokens(write_token_stream(tmp_path / "play.npy", tokenizer.encode_stream(data.read_corpus(path)),
                                          vocab_size=tokenizer.vocab_size))

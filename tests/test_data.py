@@ -1,6 +1,4 @@
 import hashlib
-import http.server
-import threading
 from pathlib import Path
 
 import jax
@@ -8,6 +6,7 @@ import numpy as np
 import pytest
 
 from labkit import data
+from localweb import serve
 
 
 def test_every_listed_dataset_loads():
@@ -89,20 +88,8 @@ def server(tmp_path):
     www.mkdir()
     (www / "good.txt").write_bytes(PAYLOAD)
     (www / "corrupt.txt").write_bytes(PAYLOAD[:-5] + b"XXXXX")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(www), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", www
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(www) as url:
+        yield url.rstrip("/"), www
 
 
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -209,3 +209,16 @@ def test_every_citation_has_a_bibliography_entry():
              for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", text) for key in group.split(",")}
     missing = sorted(f"{where}: {key}" for where, key in cited if key not in keys)
     assert not missing, "\n".join(missing)
+
+
+def test_every_bibliography_key_carries_its_entry_year():
+    """A key such as vaswani2017attention names the year of the version cited, so the text's "(Author, year)" and
+    the key cannot disagree (a renamed key was once left with the preprint's year)."""
+    text = (REPO / "references.bib").read_text(encoding="utf-8")
+    wrong = []
+    for key, body in re.findall(r"^@\w+\{([^,\s]+),(.*?)^\}", text, re.MULTILINE | re.DOTALL):
+        year = re.search(r"^\s*year\s*=\s*\{?(\d{4})", body, re.MULTILINE)
+        in_key = re.search(r"(\d{4})", key)
+        if year and in_key and in_key.group(1) != year.group(1):
+            wrong.append(f"{key}: year = {year.group(1)}")
+    assert not wrong, "keys whose year is not the entry's year:\n" + "\n".join(wrong)
