@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup book test test-fast lab clean assignments
+.PHONY: setup book test test-fast test-browser lab clean assignments
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,8 @@ setup: $(STAMP)
 book: setup
 	$(BIN)/python scripts/build_book.py
 
-# Every test: labkit unit tests, every notebook in the ci profile (nbval), and a build of the website.
+# Every test: labkit unit tests, one ci-profile build of the book (every notebook executed once and checked, the
+# website checked as files and in headless Chromium), JupyterLab driven through its UI, and the coursework term.
 test: setup
 	@start=$$(date +%s); \
 	$(BIN)/python -m pytest; status=$$?; \
@@ -27,6 +28,10 @@ test: setup
 # Unit tests only (seconds): no notebooks, no website build.
 test-fast: setup
 	$(BIN)/python -m pytest tests -m "not slow"
+
+# The website and JupyterLab in a real headless browser (Debian's chromium; see tests/test_browser.py).
+test-browser: setup
+	$(BIN)/python -m pytest tests/test_browser.py
 
 lab: setup
 	$(BIN)/jupyter lab notebooks

@@ -3,6 +3,8 @@
 Modules, in the direction their dependencies point:
     profiles   compute profiles (ci, cpu, gpu, tpu) and a device summary
     data       offline datasets and the checked optional download
+    deps       which labkit modules some code imports, transitively, and a digest of their code without docstrings
+               (the keys of the book build's and the pretrained model's caches)
     tokenize   text <-> integer ids, one character per id
     bpe        byte-level BPE: training, encoding, GPT-2 files (chapter 4); bpe_train learns the merges
                incrementally, bpe_files reads GPT-2's encoder.json and vocab.bpe
@@ -10,7 +12,8 @@ Modules, in the direction their dependencies point:
     landmarks  published sizes and compute of landmark models (chapter 1)
     nn         dense layers, the MLP, losses (chapter 2)
     masks, positions, attention, blockwise, kvcache
-               attention with masks, GQA, memory-efficient blockwise attention, positions incl. RoPE (chapter 3)
+               attention with one ScoreMods value for every score modifier (mask, causality, offset, scale,
+               ALiBi, soft-capping), GQA, memory-efficient blockwise attention, positions incl. RoPE (chapter 3)
     gpt_config, gpt, generate, hf_gpt2
                the GPT, its presets, generation with a KV cache, Hugging Face GPT-2 weights (chapter 3)
     tokens     token ids on disk, memory-mapped, and random training windows (chapter 4)
@@ -35,8 +38,8 @@ Modules, in the direction their dependencies point:
     collectives  the collectives of a compiled step beside their byte formulas; a roofline (chapter 6)
     plot       training curves, confusion matrices, image grids
     book       glue a notebook's numbers and figures into the chapter text
-    selfcheck  checks with specific messages for students' code (selfcheck_core, selfcheck_ch02, selfcheck_ch03, selfcheck_ch04,
-               selfcheck_lora)
+    selfcheck  checks with specific messages for students' code (selfcheck_core, selfcheck_ch02, selfcheck_ch03,
+               selfcheck_ch04, selfcheck_lora)
     grading    the sealed comparisons of the assignments' hidden tests
 """
 

@@ -28,7 +28,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from labkit.gpt import Block, GPTConfig
-from labkit.positions import LearnedPositions
+from labkit.positions import POSITION_SCHEMES, LearnedPositions
 
 __all__ = ["DATASET_PATH", "SpectrogramTransformer", "SpokenDigits", "frame_signal", "hz_to_mel",
            "load_spoken_digits", "log_mel_spectrogram", "mel_filterbank", "mel_to_hz", "power_spectrogram"]
@@ -216,6 +216,10 @@ class SpectrogramTransformer(nnx.Module):
                  rngs: nnx.Rngs):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig; got {type(config).__name__}")
+        if POSITION_SCHEMES[config.positions].in_attention:  # the encoder adds its own learned positions
+            raise ValueError(f"config.positions is {config.positions!r}, applied inside attention, but this encoder "
+                             "adds learned positions to its input; use a config with positions='learned' (the "
+                             "blocks then add nothing)")
         _positive_int("num_mels", num_mels)
         _positive_int("num_classes", num_classes, 2)
         _positive_int("frames_per_token", frames_per_token)

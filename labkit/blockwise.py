@@ -7,6 +7,10 @@ rescaled by exp(m_old - m_new). The largest temporary is (T, block_size) per hea
 scores block by block from the saved softmax statistics instead of storing them (Dao et al. 2022, FlashAttention;
 Rabe and Staats 2021), so training is memory-efficient too. Queries are not split into blocks here.
 
+What happens to the scores of a block (scale, ALiBi, soft-capping, mask, causality) is ``labkit.masks.ScoreMods``'s
+``modify``, in the forward pass and, differentiated with ``jax.vjp``, in the backward pass: a new modifier needs no
+change here.
+
 >>> q = k = v = jnp.ones((1, 100, 2, 8))                    # (B, T, N, H); 100 is not a multiple of the block
 >>> blockwise_attention(q, k, v, causal=True, block_size=32).shape
 (1, 100, 2, 8)
@@ -20,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from labkit.masks import MASKED_SCORE, check_mask, check_qkv
+from labkit.masks import ScoreMods, check_qkv
 
 
 def blockwise_attention(
@@ -32,21 +36,23 @@ def blockwise_attention(
     causal: bool = False,
     query_offset: int | Array = 0,
     scale: float | None = None,
+    mods: ScoreMods | None = None,
     block_size: int = 128,
 ) -> Float[Array, "B T N H"]:
-    """The same numbers as ``labkit.attention.dot_product_attention``, never holding a (T, S) matrix."""
+    """The same numbers as ``labkit.attention.dot_product_attention``, never holding a (T, S) matrix.
+
+    The scores are modified by ``mods`` (or by the keywords mask, causal, query_offset and scale, which build one).
+    """
+    mods = ScoreMods.merge(mods, mask=mask, causal=causal, query_offset=query_offset, scale=scale)
     b, t, n, h, s, k = check_qkv(query, key, value)
-    check_mask(mask, (b, n, t, s))
+    mods = mods.checked((b, n, t, s), h)
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise ValueError(f"block_size must be a positive int; got {block_size!r}")
-    scale = h**-0.5 if scale is None else float(scale)
     block = min(block_size, s)
     num_blocks = -(-s // block)  # ceil: the last block is padded with keys that nobody may see
     q = query.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)  # (B, K, G, T, H)
     kb, vb = (_to_blocks(x, num_blocks, block) for x in (key, value))  # (nb, B, K, block, H)
-    mb = None if mask is None else _mask_to_blocks(mask, k, num_blocks, block)
-    offset = jnp.asarray(query_offset, jnp.int32)
-    out = _flash(q, kb, vb, mb, offset, causal, scale, s)  # (B, K, G, T, H)
+    out = _flash(q, kb, vb, mods.pad_keys(num_blocks * block), s)  # (B, K, G, T, H)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(query.dtype)
 
 
@@ -56,44 +62,28 @@ def _to_blocks(x: Array, num_blocks: int, block: int) -> Array:
     return x.reshape(b, num_blocks, block, k, h).transpose(1, 0, 3, 2, 4)  # (nb, B, K, block, H)
 
 
-def _mask_to_blocks(mask: Array, k: int, num_blocks: int, block: int) -> Array:
-    mb_, mn, mt, ms = mask.shape
-    grouped = mask.reshape(mb_, 1 if mn == 1 else k, 1 if mn == 1 else mn // k, mt, ms)  # (B', K', G', T', S')
-    if ms == 1:  # the same for every key: one "block" that every step reuses
-        return grouped[None]  # (1, B', K', G', T', 1)
-    grouped = jnp.pad(grouped, ((0, 0),) * 4 + ((0, num_blocks * block - ms),))
-    return jnp.moveaxis(grouped.reshape(*grouped.shape[:4], num_blocks, block), 4, 0)  # (nb, B', K', G', T', block)
+def _raw_scores(q: Array, k_block: Array) -> Array:
+    """q·k of one key block (B, K, G, T, block), accumulated in float32 (float64 if the inputs are)."""
+    return jnp.einsum("bkgth,bksh->bkgts", q, k_block, preferred_element_type=_acc(q))
 
 
-def _scores(q, k_block, mask_block, index, offset, causal, scale, s):
-    """Scores of one key block (B, K, G, T, block), masked; and which entries were allowed."""
-    block = k_block.shape[2]
-    scores = jnp.einsum("bkgth,bksh->bkgts", q, k_block, preferred_element_type=_acc(q)) * scale
-    key_pos = index * block + jnp.arange(block)  # (block,)
-    real = key_pos < s  # padding keys past the end are not keys at all
-    allowed = jnp.broadcast_to(real, scores.shape)
-    if mask_block is not None:
-        allowed = allowed & mask_block
-    if causal:
-        query_pos = jnp.arange(q.shape[3])[:, None] + offset  # (T, 1)
-        allowed = allowed & (key_pos[None, :] <= query_pos)
-    scores = jnp.where(allowed, scores, MASKED_SCORE)
-    return jnp.where(real, scores, -jnp.inf), allowed
+def _modified(raw: Array, index: Array, mods: ScoreMods, s: int) -> Array:
+    """The scores of key block ``index`` that go into the softmax (B, K, G, T, block); padding keys get -inf."""
+    b, k, g, t, block = raw.shape
+    scores = mods.modify(raw.reshape(b, k * g, t, block), key_start=index * block)  # heads n = k * G + g: (B, N, ...)
+    real = index * block + jnp.arange(block) < s  # padding keys past the end are not keys at all
+    return jnp.where(real, scores.reshape(raw.shape), -jnp.inf)
 
 
 def _acc(x):  # accumulate in float32, or float64 when the inputs are
     return jnp.promote_types(x.dtype, jnp.float32)
 
 
-def _pick(mb, i):
-    return None if mb is None else mb[0 if mb.shape[0] == 1 else i]
-
-
-def _forward(q, kb, vb, mb, offset, causal, scale, s):
+def _forward(q, kb, vb, mods, s):
     def step(carry, xs):
         m, total, o = carry  # running max (B, K, G, T), running sum, running unnormalised output (B, K, G, T, H)
         i, k_block, v_block = xs
-        scores, _ = _scores(q, k_block, _pick(mb, i), i, offset, causal, scale, s)  # (B, K, G, T, block)
+        scores = _modified(_raw_scores(q, k_block), i, mods, s)  # (B, K, G, T, block)
         m_new = jnp.maximum(m, scores.max(axis=-1))
         rescale = jnp.exp(m - m_new)  # exp(-inf) = 0 on the first block
         p = jnp.exp(scores - m_new[..., None])  # (B, K, G, T, block)
@@ -107,37 +97,41 @@ def _forward(q, kb, vb, mb, offset, causal, scale, s):
     return o / total[..., None], (m, total)  # output (B, K, G, T, H); softmax max and sum (B, K, G, T)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _flash(q, kb, vb, mb, offset, causal, scale, s):
-    return _forward(q, kb, vb, mb, offset, causal, scale, s)[0]
+# Only the key length is a non-differentiable argument; every score modifier travels inside ``mods``, whose
+# cotangent is None (the modifiers are constants), so adding one changes nothing here.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash(q, kb, vb, mods, s):
+    return _forward(q, kb, vb, mods, s)[0]
 
 
-def _flash_fwd(q, kb, vb, mb, offset, causal, scale, s):
-    out, (m, total) = _forward(q, kb, vb, mb, offset, causal, scale, s)
-    return out, (q, kb, vb, mb, offset, out, m, total)
+def _flash_fwd(q, kb, vb, mods, s):
+    out, (m, total) = _forward(q, kb, vb, mods, s)
+    return out, (q, kb, vb, mods, out, m, total)
 
 
-def _flash_bwd(causal, scale, s, residuals, d_out):
-    q, kb, vb, mb, offset, out, m, total = residuals
+def _flash_bwd(s, residuals, d_out):
+    q, kb, vb, mods, out, m, total = residuals
     acc = _acc(q)
     d_out = d_out.astype(acc)
     delta = jnp.sum(d_out * out, axis=-1)  # (B, K, G, T): rowsum(dO ∘ O), the softmax's correction term
 
     def step(dq, xs):
         i, k_block, v_block = xs
-        scores, allowed = _scores(q, k_block, _pick(mb, i), i, offset, causal, scale, s)
-        # The forward's softmax weights, recomputed (B, K, G, T, block). Not exp(scores - log-sum-exp): for a query
-        # that may see nothing, m is MASKED_SCORE, so huge that m + log(total) rounds back to m.
+        # The forward's scores, recomputed, and the map back from their gradient to that of the raw q·k: for the
+        # scale, a bias, soft-capping and the mask alike (masked scores are constants and get none).
+        scores, to_raw = jax.vjp(lambda raw: _modified(raw, i, mods, s), _raw_scores(q, k_block))
+        # The forward's softmax weights (B, K, G, T, block). Not exp(scores - log-sum-exp): for a query that may see
+        # nothing, m is MASKED_SCORE, so huge that m + log(total) rounds back to m.
         p = jnp.exp(scores - m[..., None]) / total[..., None]
         dv = jnp.einsum("bkgts,bkgth->bksh", p, d_out)  # (B, K, block, H), summed over the G query heads
         dp = jnp.einsum("bkgth,bksh->bkgts", d_out, v_block.astype(acc))
-        ds = jnp.where(allowed, p * (dp - delta[..., None]), 0.0) * scale  # masked scores are constants
+        (ds,) = to_raw(p * (dp - delta[..., None]))  # gradient of the raw scores q·k (B, K, G, T, block)
         dq = dq + jnp.einsum("bkgts,bksh->bkgth", ds, k_block.astype(acc))
         dk = jnp.einsum("bkgts,bkgth->bksh", ds, q.astype(acc))
         return dq, (dk, dv)
 
     dq, (dkb, dvb) = jax.lax.scan(step, jnp.zeros(q.shape, acc), (jnp.arange(kb.shape[0]), kb, vb))
-    return dq.astype(q.dtype), dkb.astype(kb.dtype), dvb.astype(vb.dtype), None, None
+    return dq.astype(q.dtype), dkb.astype(kb.dtype), dvb.astype(vb.dtype), None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

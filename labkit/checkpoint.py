@@ -6,9 +6,9 @@ a save that is interrupted (a crash, a full disk, a killed kernel) leaves no ``<
 checkpoint is still the newest complete one, and the leftover temporary folder is deleted by the next save. Only the
 newest ``keep`` checkpoints are kept; older ones are deleted after a newer one is complete.
 
->>> save_checkpoint(folder, step=100, model=model, optimizer=optimizer, key=data_key)
->>> restored = restore_checkpoint(folder, model=model, optimizer=optimizer)   # model and optimizer in place
->>> restored.step, restored.key                                               # where the data stream stood
+>>> save_checkpoint(folder, step=100, model=model, optimizer=optimizer, key=data_key)  # doctest: +SKIP
+>>> restored = restore_checkpoint(folder, model=model, optimizer=optimizer)  # in place  # doctest: +SKIP
+>>> restored.step, restored.key  # where the data stream stood  # doctest: +SKIP
 """
 
 from __future__ import annotations

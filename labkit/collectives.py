@@ -5,9 +5,9 @@ Sizes follow one convention: the bytes of the *whole* array a collective produce
 all-reduce's array, an all-gather's gathered result, a reduce-scatter's input). On a ring of n devices each device
 then sends 2(n-1)/n of that for an all-reduce and (n-1)/n for an all-gather or a reduce-scatter.
 
->>> collectives(compiled.as_text())                # {"all-reduce": (count, bytes), "all-gather": ...}
->>> comm_bytes("dp", param_bytes=4 * P)            # the gradients' all-reduce
-{'all-reduce': 4 * P}
+>>> collectives(compiled.as_text())                # {"all-reduce": (count, bytes), "all-gather": ...}  # doctest: +SKIP
+>>> comm_bytes("dp", param_bytes=4 * 1_000_000)    # the gradients' all-reduce: 1M float32 parameters
+{'all-reduce': 4000000}
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ job in ``jax.devices()`` and its own in ``jax.local_devices()``, and ``labkit.pa
     # SLURM (srun sets SLURM_* variables) or a TPU pod slice (the TPU runtime tells JAX): no variables needed
     srun --nodes=2 --ntasks-per-node=8 --gpus-per-task=1 python train.py
 
->>> initialize()            # in train.py, before any other use of JAX; a no-op for a single process
+>>> initialize()            # in train.py, before any other use of JAX; a no-op for a single process  # doctest: +SKIP
 """
 
 from __future__ import annotations

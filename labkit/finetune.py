@@ -5,12 +5,14 @@ Three regimes differ only in which variables the optimizer updates (``trainable`
 if there is one). Instruction tuning trains the language model on prompt/response pairs; the loss counts only the
 response tokens (``instruction_data``, ``masked_lm_loss``).
 
->>> model = Classifier(GPT(GPTConfig.ci(), rngs=nnx.Rngs(0)), 5, pad_id=0, rngs=nnx.Rngs(1))
->>> optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=trainable("probe"))
->>> trainable_count(model, trainable("probe")), optimizer_bytes(optimizer)   # D x C + C; Adam: 2 x 4 bytes each
+>>> model = Classifier(GPT(GPTConfig.ci(), rngs=nnx.Rngs(0)), 5, pad_id=0, rngs=nnx.Rngs(1))  # doctest: +SKIP
+>>> optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=trainable("probe"))  # doctest: +SKIP
+>>> trainable_count(model, trainable("probe")), optimizer_bytes(optimizer)  # doctest: +SKIP
+>>> # D x C + C trainable numbers; Adam keeps 2 x 4 bytes for each
 (165, 1324)
->>> data = instruction_data([(prompt_ids, response_ids)], separator=sep_ids, end=end_ids, seq_len=64, pad_id=0)
->>> history = fit(gpt, nnx.Optimizer(gpt, optax.adam(1e-3), wrt=nnx.Param), masked_lm_loss, data, ...)
+>>> data = instruction_data([(prompt_ids, response_ids)], separator=sep_ids, end=end_ids,  # doctest: +SKIP
+...                         seq_len=64, pad_id=0)
+>>> history = fit(gpt, nnx.Optimizer(gpt, optax.adam(1e-3), wrt=nnx.Param), masked_lm_loss, data, ...)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ def fit_early_stopping(
     ``patience`` scores in a row have not beaten the best, and the model is left with the weights of its best score
     (the earliest, on a tie). Each stretch of ``eval_every`` steps draws its batches with ``fold_in(key, stretch)``.
 
-    >>> run = fit_early_stopping(model, optimizer, classifier_loss, train, score_fn=lambda m: valid_accuracy(m),
+    >>> run = fit_early_stopping(model, optimizer, classifier_loss, train,  # doctest: +SKIP
+    ...                          score_fn=lambda m: valid_accuracy(m),
     ...                          max_steps=200, eval_every=20, patience=3, batch_size=16, key=jax.random.key(0))
     >>> run.best_step, run.steps, run.stopped_early                     # doctest: +SKIP
     (60, 120, True)

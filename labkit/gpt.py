@@ -1,7 +1,8 @@
 """A decoder-only Transformer (GPT): token embedding, pre-norm blocks on a residual stream, final norm, LM head.
 
 One config (``labkit.gpt_config.GPTConfig``, re-exported here) covers GPT-2 (LayerNorm, GELU, learned positions,
-tied embeddings) and LLaMA-style models (RMSNorm, SwiGLU, rotary positions, untied head, grouped-query attention).
+tied embeddings) and LLaMA-style models (RMSNorm, SwiGLU, rotary positions, untied head, grouped-query attention);
+``positions="alibi"`` puts ALiBi's distance penalty on the attention scores instead of adding positions.
 
 >>> config = GPTConfig.ci()
 >>> model = GPT(config, rngs=nnx.Rngs(0))
@@ -26,7 +27,7 @@ from labkit.gpt_config import GPTConfig, param_count
 from labkit.kvcache import KVCache
 from labkit.masks import values_readable
 from labkit.nn import count_params
-from labkit.positions import LearnedPositions, SinusoidalPositions
+from labkit.positions import POSITION_SCHEMES, LearnedPositions, SinusoidalPositions
 
 __all__ = ["GPT", "GPTConfig", "Block", "FeedForward", "make_norm", "param_count", "count_params"]
 
@@ -75,7 +76,7 @@ class Block(nnx.Module):
         self.attn = MultiHeadAttention(
             config.width, config.num_heads, num_kv_heads=config.num_kv_heads, use_bias=config.bias,
             rotary_base=config.rope_base if config.positions == "rotary" else None,
-            rotary_layout=config.rope_layout,
+            rotary_layout=config.rope_layout, alibi=config.positions == "alibi",
             implementation=config.attention, block_size=config.block_size, dtype=config.dtype,
             kernel_init=nnx.initializers.normal(config.init_std),
             out_init=nnx.initializers.normal(config.init_std / (2 * config.num_layers) ** 0.5), rngs=rngs)
@@ -110,13 +111,14 @@ class GPT(nnx.Module):
         self.config = config
         self.embed = nnx.Embed(config.vocab_size, config.width, dtype=config.dtype,
                                embedding_init=nnx.initializers.normal(config.init_std), rngs=rngs)
-        if config.positions == "learned":
+        scheme = POSITION_SCHEMES[config.positions]
+        if not scheme.added_to_input:
+            self.positions = None  # rotary or ALiBi: applied inside attention
+        elif scheme.learned:
             self.positions = LearnedPositions(config.max_len, config.width, dtype=config.dtype,
                                               init=nnx.initializers.normal(config.init_std), rngs=rngs)
-        elif config.positions == "sinusoidal":
-            self.positions = SinusoidalPositions(config.max_len, config.width, dtype=config.dtype)
         else:
-            self.positions = None  # rotary: applied inside attention
+            self.positions = SinusoidalPositions(config.max_len, config.width, dtype=config.dtype)
         self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
         self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
         self.final_norm = make_norm(config, rngs=rngs)

@@ -13,10 +13,10 @@ from typing import Any
 import jax.numpy as jnp
 
 from labkit.attention import IMPLEMENTATIONS
-from labkit.positions import ROPE_LAYOUTS
+from labkit.positions import POSITION_SCHEMES, ROPE_LAYOUTS
 from labkit.profiles import Profile, get_profile
 
-NORMS, MLPS, POSITIONS = ("layernorm", "rmsnorm"), ("gelu", "swiglu"), ("learned", "sinusoidal", "rotary")
+NORMS, MLPS, POSITIONS = ("layernorm", "rmsnorm"), ("gelu", "swiglu"), tuple(POSITION_SCHEMES)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -34,7 +34,7 @@ class GPTConfig:
     norm_eps: float = 1e-5  # epsilon added to the variance in the norms
     mlp: str = "gelu"  # "gelu" (GPT-2: D -> F -> D) or "swiglu" (LLaMA: silu(gate) * up, then down)
     gelu_approximate: bool = True  # tanh approximation of GELU, as GPT-2 ("gelu_new")
-    positions: str = "learned"  # "learned" (GPT-2), "sinusoidal" (Vaswani et al.) or "rotary" (RoPE, LLaMA)
+    positions: str = "learned"  # "learned" (GPT-2), "sinusoidal" (Vaswani et al.), "rotary" (RoPE, LLaMA), "alibi"
     rope_base: float = 10_000.0  # base of the rotary frequencies
     rope_layout: str = "half"  # rotated pairs: "half" (i, i + H/2; GPT-NeoX, HF) or "interleaved" (2i, 2i + 1; Meta)
     tie_embeddings: bool = True  # LM head reuses the token embedding matrix (GPT-2) instead of its own
@@ -135,6 +135,6 @@ def param_count(config: GPTConfig) -> int:
     q_out, kv_out = config.num_heads * h, config.num_kv_heads * h
     attn = d * q_out + 2 * d * kv_out + q_out * d + b * (q_out + 2 * kv_out + d)
     mlp = 2 * d * f + b * (f + d) if config.mlp == "gelu" else 3 * d * f + b * (2 * f + d)
-    embed = v * d + (config.max_len * d if config.positions == "learned" else 0)
+    embed = v * d + (config.max_len * d if POSITION_SCHEMES[config.positions].learned else 0)
     head = 0 if config.tie_embeddings else d * v
     return embed + layers * (2 * norm + attn + mlp) + norm + head

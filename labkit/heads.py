@@ -3,6 +3,7 @@
 Sequences of different lengths are padded at the end with ``pad_id``; the classifier finds each row's length from
 it, masks the padding out of attention (``labkit.masks.padding_mask``) and out of the pooling.
 
+>>> from labkit.gpt import GPT, GPTConfig
 >>> backbone = GPT(GPTConfig.ci(), rngs=nnx.Rngs(0))
 >>> model = Classifier(backbone, num_classes=5, pad_id=0, rngs=nnx.Rngs(1))
 >>> tokens = jnp.array([[7, 8, 9, 0, 0], [5, 6, 7, 8, 9]])    # row 0 has 3 real tokens, then padding

@@ -5,7 +5,7 @@ The checkpoint is a directory with ``config.json`` and ``model.safetensors``, as
 this at them. Only numpy and ``safetensors`` are needed, not torch.
 
 >>> model = load_gpt2("checkpoints/gpt2", rngs=nnx.Rngs(0))  # doctest: +SKIP
->>> logits = model(jnp.array([[464, 3290]]))                # (B, T, V)
+>>> logits = model(jnp.array([[464, 3290]]))                # (B, T, V)  # doctest: +SKIP
 
 Names map as follows (i = layer); GPT-2's ``Conv1D`` stores its weight as (in, out), which is already the layout of a
 Flax kernel, so it is copied as it is (a torch ``nn.Linear`` stores (out, in) and would need a transpose):

@@ -6,6 +6,7 @@ so the adapted model starts out exactly the pretrained one. (The paper writes W 
 ours is its transpose, in JAX's (in, out) layout.) The adapters are ``LoRAParam`` variables, so an optimizer built
 with ``wrt=LoRAParam`` trains them and nothing else: r (I + O) numbers per layer instead of I O.
 
+>>> from labkit.gpt import GPT, GPTConfig
 >>> model = GPT(GPTConfig.ci(), rngs=nnx.Rngs(0))
 >>> apply_lora(model, rank=4, alpha=8.0, targets=("attn.query", "attn.value"), rngs=nnx.Rngs(1))
 4

@@ -4,10 +4,10 @@ Training with Adam keeps, per parameter, the float32 weight (4 bytes), its float
 float32 moments (8): 16 bytes, whatever the compute dtype (bf16 compute casts the weights on the fly). A strategy
 divides each array by the number of devices it is split over (``labkit.parallel``); activations come on top.
 
->>> state_bytes(model)                                        # one device: params, grads, adam
+>>> state_bytes(model)                                        # one device: params, grads, adam  # doctest: +SKIP
 {'params': 4 * P, 'grads': 4 * P, 'adam': 8 * P}
->>> compiled = compile_step(model, optimizer, lm.loss, x, y)  # the train step XLA will run, per device
->>> step_memory(compiled)["arguments"]                        # params + Adam state + batch, on one device
+>>> compiled = compile_step(model, optimizer, lm.loss, x, y)  # XLA's train step, per device  # doctest: +SKIP
+>>> step_memory(compiled)["arguments"]  # params + Adam state + batch, on one device  # doctest: +SKIP
 """
 
 from __future__ import annotations

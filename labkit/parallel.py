@@ -13,10 +13,10 @@ heads x head width, T positions); a *strategy* maps logical names to mesh axes (
 Gradients and Adam's moments mirror the parameters' paths, so they get the same shardings. XLA inserts every
 collective (all-reduce, all-gather, reduce-scatter) itself; nothing here is hand-written communication.
 
->>> mesh = make_mesh(data=4, model=2)                                      # 8 devices
->>> model = GPT(config, rngs=nnx.Rngs(0))
+>>> mesh = make_mesh(data=4, model=2)                                      # 8 devices  # doctest: +SKIP
+>>> model = GPT(config, rngs=nnx.Rngs(0))  # doctest: +SKIP
 >>> history = fit(model, nnx.Optimizer(model, tx, wrt=nnx.Param), lm.loss, train, steps=100, batch_size=32,
-...               key=key, mesh=mesh, strategy="tp")                       # fit shards model and optimizer
+...               key=key, mesh=mesh, strategy="tp")  # fit shards model and optimizer  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def make_mesh(data: int | None = None, model: int = 1, *, devices: list | None =
     ``data`` defaults to the devices left after ``model``. The axes are of JAX's ``Auto`` kind: shardings are
     propagated by the compiler from the parameters' and the batch's placement.
 
-    >>> make_mesh(model=2).shape                                          # on 8 devices
+    >>> make_mesh(model=2).shape                                          # on 8 devices  # doctest: +SKIP
     {'data': 4, 'model': 2}
     """
     devices = list(jax.devices() if devices is None else devices)
@@ -182,7 +182,7 @@ def create_sharded(make: Callable[[], N], mesh: Mesh, strategy: str) -> N:
     """``make()`` (e.g. a model and its optimizer) run under ``jit`` so that each array is created directly in its
     shards: no device ever holds the whole model, and it works across processes.
 
-    >>> model, optimizer = create_sharded(lambda: (m := GPT(config, rngs=nnx.Rngs(0)),
+    >>> model, optimizer = create_sharded(lambda: (m := GPT(config, rngs=nnx.Rngs(0)),  # doctest: +SKIP
     ...                                   nnx.Optimizer(m, tx, wrt=nnx.Param)), mesh, "fsdp")
     """
     @nnx.jit

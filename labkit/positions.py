@@ -1,9 +1,11 @@
-"""Where each token is: learned, sinusoidal and rotary (RoPE) positional information (chapter 3).
+"""Where each token is: learned, sinusoidal, rotary (RoPE) and ALiBi positional information (chapter 3).
 
 Attention itself ignores order (permute the keys and values together and the output does not change), so position
 must be put in: added to the token embeddings (a learned table as in GPT-2, or fixed sinusoids as in Vaswani et al.
-2017), or turned into a rotation of every query and key (RoPE, Su et al. 2021; used by LLaMA), which makes the score
-of query i and key j depend on i - j only.
+2017), turned into a rotation of every query and key (RoPE, Su et al. 2021; used by LLaMA), which makes the score
+of query i and key j depend on i - j only, or subtracted from the scores as a penalty proportional to the distance
+(ALiBi, Press, Smith and Lewis 2022; ``alibi_slopes``, applied through ``labkit.masks.ScoreMods``).
+``POSITION_SCHEMES`` describes each option of ``GPTConfig.positions`` once, for every module that needs to know.
 
 RoPE comes in two layouts that pair a head's H coordinates differently: "half" pairs i with i + H/2 (GPT-NeoX, Hugging
 Face's LLaMA; labkit's default) and "interleaved" pairs 2i with 2i + 1 (the RoPE paper, Meta's LLaMA code). They are
@@ -19,6 +21,8 @@ layout runs in the other once its query and key projections are permuted (``conv
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -28,6 +32,24 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 ROPE_LAYOUTS = ("half", "interleaved")  # which coordinates of a head are rotated together: (i, i + H/2) or (2i, 2i + 1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PositionScheme:
+    """How one option of ``GPTConfig.positions`` gives the model the order of its inputs."""
+
+    name: str
+    added_to_input: bool  # a (T, D) table added to the token embeddings before the first block
+    learned: bool  # that table is trained: max_len x D parameters (otherwise there are none)
+    in_attention: bool  # applied inside every attention layer, so even an encoder that adds no table sees the order
+
+
+POSITION_SCHEMES = {s.name: s for s in (
+    PositionScheme(name="learned", added_to_input=True, learned=True, in_attention=False),  # GPT-2
+    PositionScheme(name="sinusoidal", added_to_input=True, learned=False, in_attention=False),  # Vaswani et al.
+    PositionScheme(name="rotary", added_to_input=False, learned=False, in_attention=True),  # RoPE: LLaMA
+    PositionScheme(name="alibi", added_to_input=False, learned=False, in_attention=True),  # ALiBi: a score bias
+)}
 
 
 def _check_length(length: int, offset: int | Array, max_len: int) -> None:
@@ -132,6 +154,44 @@ def apply_rotary(x: Float[Array, "B T N H"], positions: Int[Array, "*B T"], *, b
         x1, x2 = x32[..., 0::2], x32[..., 1::2]  # (B, T, N, H/2) each
         rotated = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(x.shape)  # (B, T, N, H)
     return rotated.astype(x.dtype)
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """ALiBi's slope of each head (Press, Smith and Lewis 2022), float32 (N,): head n's score drops by slope[n] per
+    position between query and key.
+
+    For N a power of two, the geometric sequence 2^(-8/N), 2^(-16/N), .., 2^(-8). Otherwise the paper's rule: the
+    slopes of the largest power of two P below N, then every other slope of 2P heads, the first N - P of them.
+
+    >>> alibi_slopes(4).tolist()
+    [0.25, 0.0625, 0.015625, 0.00390625]
+    >>> alibi_slopes(6).tolist()                  # the 4 above, then slopes 1 and 3 of 8 heads: 2^-1, 2^-3
+    [0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125]
+    """
+    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive int; got {num_heads!r}")
+
+    def geometric(n: int) -> np.ndarray:  # n a power of two
+        return 2.0 ** (-8.0 * np.arange(1, n + 1) / n)
+
+    power = 2 ** int(math.floor(math.log2(num_heads)))
+    slopes = np.concatenate([geometric(power), geometric(2 * power)[0::2][: num_heads - power]])
+    return slopes.astype(np.float32)  # (N,)
+
+
+def alibi_bias(slopes: Float[Array, " N"], query_pos: Int[Array, " T"],
+               key_pos: Int[Array, " S"]) -> Float[Array, "N T S"]:
+    """ALiBi's additive score bias -slope[n] · |i - j| for query position i and key position j.
+
+    In causal attention j <= i, so it is the paper's -slope · (i - j); an encoder (which sees later keys too) is
+    penalised by the distance either way.
+
+    >>> alibi_bias(jnp.array([0.5]), jnp.arange(3), jnp.arange(3))[0].tolist()
+    [[0.0, -0.5, -1.0], [-0.5, 0.0, -0.5], [-1.0, -0.5, 0.0]]
+    """
+    slopes = jnp.asarray(slopes)
+    distance = jnp.abs(query_pos[:, None] - key_pos[None, :])  # (T, S)
+    return slopes[:, None, None] * (-distance).astype(slopes.dtype)  # (N, T, S)
 
 
 def rotary_permutation(head_width: int) -> np.ndarray:

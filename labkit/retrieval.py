@@ -6,11 +6,12 @@ attention and out of the mean, so a text's embedding does not depend on its batc
 tokens is cut into consecutive chunks of at most ``max_len`` tokens, each embedded on its own, and its embedding is the
 mean over all its tokens (so each chunk weighs by its number of tokens); nothing is dropped.
 
->>> doc_vectors = embed(model, tokenizer, passages)              # (M, D), unit rows
->>> query_vectors = embed(model, tokenizer, questions)           # (Q, D)
->>> indices, scores = top_k(query_vectors, doc_vectors, k=5)     # (Q, 5) each: best passage first
->>> retrieval_accuracy(indices, relevant, k=1)                   # fraction of questions whose top passage is right
->>> prompt = rag_prompt(tokenizer, questions[0], passages[indices[0, 0]], max_tokens=192)   # (1, T) for generate
+>>> doc_vectors = embed(model, tokenizer, passages)              # (M, D), unit rows  # doctest: +SKIP
+>>> query_vectors = embed(model, tokenizer, questions)           # (Q, D)  # doctest: +SKIP
+>>> indices, scores = top_k(query_vectors, doc_vectors, k=5)     # (Q, 5) each: best passage first  # doctest: +SKIP
+>>> retrieval_accuracy(indices, relevant, k=1)  # fraction of questions whose top passage is right  # doctest: +SKIP
+>>> prompt = rag_prompt(tokenizer, questions[0], passages[indices[0, 0]], max_tokens=192)  # doctest: +SKIP
+>>> # prompt: (1, T) token ids for generate
 
 The lexical baseline is BM25 (Robertson and Zaragoza 2009), written out here so that every term of its formula can be
 read: ``BM25(passages).scores(questions)`` gives a (Q, M) matrix, and ``rank(scores, k)`` the top k of each row.
@@ -70,7 +71,7 @@ def embed(model: GPT, tokenizer: Any, texts: Sequence[str], *, max_len: int | No
     at once; longer texts are cut into chunks of ``max_len`` (see the module docstring). ``batch_size`` rows (texts
     or chunks) run at a time; rows are sorted by length and padded to a power of two, so few shapes are compiled.
 
-    >>> embed(model, tokenizer, ["The for statement", "Lists"]).shape     # (B, D) with D = model.config.width
+    >>> embed(model, tokenizer, ["The for statement", "Lists"]).shape  # (B, D)  # doctest: +SKIP
     (2, 128)
     """
     if not isinstance(model, GPT):
@@ -205,7 +206,8 @@ def rag_prompt(tokenizer: Any, question: str, passage: str | None = None, *,
     Without a ``passage`` the prompt is the question and its new line alone. The question is kept whole; the passage
     is cut at the end, token-wise, so that T <= ``max_tokens`` (leave room for the tokens to generate).
 
-    >>> rag_prompt(tokenizer, "What is the for statement?", passages[7], max_tokens=192).shape[1] <= 192
+    >>> prompt = rag_prompt(tokenizer, "What is the for statement?", passages[7], max_tokens=192)  # doctest: +SKIP
+    >>> prompt.shape[1] <= 192  # doctest: +SKIP
     True
     """
     if not callable(getattr(tokenizer, "encode", None)):

@@ -24,6 +24,7 @@ from scipy import optimize
 
 from labkit.gpt_config import GPTConfig, param_count
 from labkit.optim import TrainConfig
+from labkit.positions import POSITION_SCHEMES
 from labkit.profiles import Profile, get_profile
 
 __all__ = ["PowerLaw", "compute_optimal", "fit_power_law", "fit_saturating_power_law", "flops_per_token",
@@ -51,7 +52,7 @@ def non_embedding_params(config: GPTConfig) -> int:
     """
     _check_config(config)
     vocabulary = config.vocab_size * config.width * (1 if config.tie_embeddings else 2)
-    positions = config.max_len * config.width if config.positions == "learned" else 0
+    positions = config.max_len * config.width if POSITION_SCHEMES[config.positions].learned else 0
     return param_count(config) - vocabulary - positions
 
 

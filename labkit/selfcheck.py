@@ -7,7 +7,8 @@ difference, raises ``SelfCheckFailed`` with a message that says what is wrong an
 'check_causal_mask: 3 sizes pass'
 >>> check_causal_mask(lambda t: np.ones((t, t), dtype=bool))
 Traceback (most recent call last):
-labkit.selfcheck.SelfCheckFailed: check_causal_mask: future positions are attended: query 0 may attend key 1 (T=2)...
+labkit.selfcheck_core.SelfCheckFailed: check_causal_mask: future positions are attended: query 0 may attend key 1
+(T=2); True must mean 'may attend', only for keys j <= i
 
 A check tests your part alone: while it runs, the other parts of the assignment your function calls are labkit's
 versions (``ch02_references()`` and the like), so a mistake in ``forward`` shows up in ``check_forward`` and not in

@@ -1,8 +1,8 @@
 """One training step: the gradient of the loss (averaged over micro-batches if asked), then one optimizer update.
 
->>> train_step = make_train_step(loss_fn)                     # x, y: one batch (B, ...)
->>> loss = train_step(model, optimizer, x, y)                  # the model and optimizer are updated in place
->>> train_step = make_train_step(loss_fn, accumulation=4)     # x, y: four micro-batches (4, B, ...)
+>>> train_step = make_train_step(loss_fn)                     # x, y: one batch (B, ...)  # doctest: +SKIP
+>>> loss = train_step(model, optimizer, x, y)  # the model and optimizer are updated in place  # doctest: +SKIP
+>>> train_step = make_train_step(loss_fn, accumulation=4)     # x, y: four micro-batches (4, B, ...)  # doctest: +SKIP
 """
 
 from __future__ import annotations

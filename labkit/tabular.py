@@ -11,8 +11,11 @@ Shapes: B rows (batch), P features, T = P + 1 tokens ([CLS] first), D model widt
 >>> model = TableTransformer(config, num_features=30, num_classes=2, rngs=nnx.Rngs(0))
 >>> model(jnp.zeros((4, 30))).shape                             # logits (B, C)
 (4, 2)
+>>> train_x, test_x = np.random.default_rng(0).normal(5.0, 2.0, size=(2, 100, 30))   # (rows, P) each
 >>> mean, std = fit_standardization(train_x)                    # on the training split only
 >>> x = standardize(test_x, mean, std)
+>>> bool(abs(x.mean()) < 0.1 and abs(x.std() - 1.0) < 0.1)
+True
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from jaxtyping import Array, Float
 
 from labkit.gpt import Block, make_norm
 from labkit.gpt_config import GPTConfig
+from labkit.positions import POSITION_SCHEMES
 
 __all__ = ["FeatureTokenizer", "TableTransformer", "fit_standardization", "standardize"]
 
@@ -75,15 +79,17 @@ class TableTransformer(nnx.Module):
     """Feature tokens -> ``config.num_layers`` bidirectional ``labkit.gpt.Block``s -> final norm -> head on [CLS].
 
     Of ``config`` it uses the block settings (width, heads, feed-forward, norm, dropout, attention); ``vocab_size``
-    and ``max_len`` do not apply. Rotary positions are refused: they would give the columns an order.
+    and ``max_len`` do not apply. Positions applied in attention (rotary, ALiBi) are refused: they would give the columns
+    an order.
     """
 
     def __init__(self, config: GPTConfig, *, num_features: int, num_classes: int, rngs: nnx.Rngs):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig; got {type(config).__name__}")
-        if config.positions == "rotary":
-            raise ValueError("config.positions is 'rotary', which would order the features; a table's columns have "
-                             "no order, so use a config with positions='learned' or 'sinusoidal' (neither is added)")
+        if POSITION_SCHEMES[config.positions].in_attention:
+            raise ValueError(f"config.positions is {config.positions!r}, which orders the features inside attention; a "
+                             "table's columns have no order, so use a config with positions='learned' or "
+                             "'sinusoidal' (neither is added)")
         self.config = config
         self.num_features = _positive_int("num_features", num_features)
         self.num_classes = _positive_int("num_classes", num_classes)

@@ -5,10 +5,10 @@ else uint32). Training opens it memory-mapped, so only the windows a batch uses 
 windows of T + 1 consecutive ids at uniformly random starts: x = window[:-1], y = window[1:]. A corpus larger than
 memory is tokenized as a stream (``write_token_stream``).
 
->>> path = write_tokens(directory / "pydoc.npy", ids, vocab_size=tok.vocab_size)
->>> train_ids, valid_ids = split_tokens(open_tokens(path), validation_fraction=0.1)
->>> windows = TokenWindows(train_ids, seq_len=128)
->>> x, y = windows.batch(key, 0, batch_size=16)     # (16, 128) each; y[:, :-1] == x[:, 1:]
+>>> path = write_tokens(directory / "pydoc.npy", ids, vocab_size=tok.vocab_size)  # doctest: +SKIP
+>>> train_ids, valid_ids = split_tokens(open_tokens(path), validation_fraction=0.1)  # doctest: +SKIP
+>>> windows = TokenWindows(train_ids, seq_len=128)  # doctest: +SKIP
+>>> x, y = windows.batch(key, 0, batch_size=16)     # (16, 128) each; y[:, :-1] == x[:, 1:]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def write_token_stream(path: str | Path, chunks: Iterable[Any], *, vocab_size: i
     are copied, block by block, into a second temporary file that is renamed to ``path``.
 
     >>> path = write_token_stream(directory / "corpus.npy", tok.encode_stream(data.read_corpus("books/")),
-    ...                           vocab_size=tok.vocab_size)
+    ...                           vocab_size=tok.vocab_size)  # doctest: +SKIP
     """
     path = Path(path)
     dtype = token_dtype(vocab_size)

@@ -3,11 +3,11 @@
 Chapter 2 trains on ``ArrayData`` (examples and labels); chapter 4 pretrains on ``TokenWindows`` (random windows of a
 token stream), with gradient accumulation, checkpoints to resume from, and tokens per second in the progress bar.
 
->>> optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+>>> optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)  # doctest: +SKIP
 >>> loss_fn = lambda model, x, y: cross_entropy(model(x), y)
->>> history = fit(model, optimizer, loss_fn, train, steps=500, batch_size=64, key=jax.random.key(0),
+>>> history = fit(model, optimizer, loss_fn, train, steps=500, batch_size=64, key=jax.random.key(0),  # doctest: +SKIP
 ...               eval_data=test, metrics={"accuracy": lambda m, x, y: accuracy(m(x), y)})
->>> history = fit(gpt, nnx.Optimizer(gpt, make_optimizer(config), wrt=nnx.Param), lm.loss,
+>>> history = fit(gpt, nnx.Optimizer(gpt, make_optimizer(config), wrt=nnx.Param), lm.loss,  # doctest: +SKIP
 ...               TokenWindows(train_ids, seq_len=128), steps=600, batch_size=16, accumulation=4,
 ...               key=data_key, eval_data=TokenWindows(valid_ids, seq_len=128), checkpoint_dir="runs/gpt")
 """

@@ -5,15 +5,15 @@
 
 Why not Jupyter Book's own execution cache: it keys a notebook on its own code only, so an edit to a labkit module
 would not re-run the notebooks that import it, and a `ci` build would be reused by a `cpu` build. Here the key of a
-notebook is its code cells + the compute profile + the source of every labkit module it imports (transitively) +
-requirements.txt. Executed notebooks are kept in _build/executed; the site is built from a staged copy of the book
-(_build/src) with execution turned off, so Jupyter Book only renders.
+notebook is its code cells + the compute profile + the code of every labkit module it imports (transitively; found
+and digested by labkit.deps, which ignores docstrings and comments) + requirements.txt. Executed notebooks are kept
+in _build/executed; the site is built from a staged copy of the book (_build/src) with execution turned off, so
+Jupyter Book only renders.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import json
 import os
@@ -27,9 +27,13 @@ import nbformat
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's labkit, whichever checkout the environment's editable install names
+from labkit import deps  # noqa: E402 - after the path is set
+
+LABKIT = REPO / "labkit"  # the labkit of this checkout: the one the notebooks' kernels import (PYTHONPATH below)
 STAGED_FILES = ["_config.yml", "_toc.yml", "references.bib"]
 STAGED_DIRS = ["book"]
-STAGED_GLOBS = ["labkit/*.py"]  # the code the chapters show with {literalinclude}
+STAGED_GLOBS = ["labkit/**/*.py"]  # the code the chapters show with {literalinclude}
 CELL_TIMEOUT_S = 1200
 
 
@@ -65,58 +69,26 @@ def toc_notebooks() -> list[Path]:
     return notebooks
 
 
-def _imports_of(source: str) -> set[str]:
-    """labkit module names that ``source`` imports or touches as ``labkit.<name>``."""
-    names: set[str] = set()
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:  # notebook cells may hold IPython magics: replace each by `pass` (keeping its indent)
-        lines = [
-            line[: len(line) - len(line.lstrip())] + "pass" if line.lstrip().startswith(("%", "!")) else line
-            for line in source.splitlines()
-        ]
-        tree = ast.parse("\n".join(lines))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "labkit":
-            parts = node.module.split(".")
-            if len(parts) > 1:
-                names.add(parts[1])
-            else:
-                names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == "labkit" and len(parts) > 1:
-                    names.add(parts[1])
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "labkit":
-            names.add(node.attr)
-    return names
-
-
-def labkit_closure(names: set[str]) -> list[Path]:
-    """The labkit source files behind ``names``, with everything they import from labkit, plus __init__."""
-    package = REPO / "labkit"
-    todo, seen = set(names) | {"__init__"}, set()
-    while todo:
-        name = todo.pop()
-        path = package / f"{name}.py"
-        if name in seen or not path.exists():  # an attribute such as labkit.get_profile is not a module
-            continue
-        seen.add(name)
-        todo |= _imports_of(path.read_text()) - seen
-    return sorted(package / f"{name}.py" for name in seen)
-
-
-def notebook_key(nb: nbformat.NotebookNode, profile: str) -> tuple[str, list[str]]:
-    """A hash of everything that can change the notebook's outputs, and the labkit files that went into it."""
+def labkit_closure(nb: nbformat.NotebookNode, origin: str = "<notebook>") -> list[str]:
+    """The labkit modules the notebook's code cells import, with everything they import from labkit, transitively."""
     code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
-    deps = labkit_closure(set().union(*(_imports_of(src) for src in code)) if code else set())
+    return deps.closure(deps.modules_in(code, root=LABKIT, origin=origin), root=LABKIT)
+
+
+def notebook_key(nb: nbformat.NotebookNode, profile: str, origin: str = "<notebook>") -> tuple[str, list[str]]:
+    """A hash of everything that can change the notebook's outputs, and the labkit files that went into it.
+
+    labkit modules enter through the digest of their code (``labkit.deps.code_digest``): an edit to a docstring or a
+    comment changes no key.
+    """
+    code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
+    modules = labkit_closure(nb, origin)
     digest = hashlib.sha256()
-    digest.update(json.dumps({"code": code, "profile": profile}).encode())
-    for path in deps + [REPO / "requirements.txt"]:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest(), [str(p.relative_to(REPO)) for p in deps]
+    digest.update(json.dumps({"code": code, "profile": profile,
+                              "labkit": deps.code_digests(modules, root=LABKIT)}, sort_keys=True).encode())
+    digest.update((REPO / "requirements.txt").read_bytes())
+    files = [deps.module_file(name, root=LABKIT) for name in modules]
+    return digest.hexdigest(), [str(path.relative_to(REPO)) for path in files if path is not None]
 
 
 def execute(path: Path, nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -165,7 +137,10 @@ def run_notebooks(build: Path, profile: str, force: bool) -> tuple[int, dict[str
     for i, path in enumerate(notebooks, 1):
         rel = str(path.relative_to(REPO))
         source = nbformat.read(path, as_version=4)
-        key, deps = notebook_key(source, profile)
+        try:
+            key, labkit_files = notebook_key(source, profile, origin=rel)
+        except deps.DependencyError as error:  # an import the key cannot follow: the build must not guess
+            raise SystemExit(f"cannot key {rel}: {error}") from error
         cached_path = build / "executed" / rel
         cached = nbformat.read(cached_path, as_version=4) if cached_path.exists() else None
         if not force and cached is not None and cached.metadata.get("labkit_build", {}).get("key") == key:
@@ -184,7 +159,8 @@ def run_notebooks(build: Path, profile: str, force: bool) -> tuple[int, dict[str
                 continue
             (build / "failed" / rel).unlink(missing_ok=True)
             seconds = time.perf_counter() - start
-            nb.metadata["labkit_build"] = {"key": key, "profile": profile, "labkit": deps, "seconds": round(seconds, 1)}
+            nb.metadata["labkit_build"] = {"key": key, "profile": profile, "labkit": labkit_files,
+                                           "seconds": round(seconds, 1)}
             write_if_changed(cached_path, nbformat.writes(nb).encode())
             cached = nb
             ran += 1
@@ -223,7 +199,6 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="execute every notebook even if up to date")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(REPO))
     import labkit
 
     profile = labkit.get_profile().name

@@ -129,6 +129,42 @@ def test_blockwise_gradients_equal_plain_gradients():
         np.testing.assert_allclose(b, p, atol=1e-5, rtol=1e-5)
 
 
+# ---- one value for everything that modifies the scores ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", A.IMPLEMENTATIONS)
+def test_score_mods_are_the_keywords_as_one_value(implementation):
+    q, key, value, mask = random_case(2, 3, 6, 4, 2, 8, seed=7)
+    by_keywords = A.attention(q, key, value, mask=mask, causal=True, query_offset=3, scale=0.2,
+                              implementation=implementation, block_size=4)
+    mods = A.ScoreMods(mask=mask, causal=True, query_offset=3, scale=0.2)
+    by_value = jax.jit(lambda q, k, v, mods: A.attention(q, k, v, mods=mods, implementation=implementation,
+                                                         block_size=4))(q, key, value, mods)  # a pytree argument
+    np.testing.assert_allclose(by_value, by_keywords, atol=1e-6, rtol=1e-6)
+
+
+def test_a_nonlinear_modifier_reaches_every_implementation_and_the_blockwise_gradients():
+    # Soft-capping (c·tanh(s / c)) is not a bias: jax.nn cannot take it, so the jax path falls back to the plain
+    # attention, and the blockwise backward pass must differentiate it, which it does through ScoreMods.modify.
+    q, key, value, mask = random_case(2, 5, 7, 4, 2, 4, seed=8)
+    q = 4 * q  # large scores, so that the cap matters
+    mods = A.ScoreMods(mask=mask, causal=True, query_offset=2, softcap=1.5)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(jnp.cos(fn(q, k, v, mods=mods)))
+
+    plain = A.dot_product_attention(q, key, value, mods=mods)
+    assert not np.allclose(plain, A.dot_product_attention(q, key, value, mask=mask, causal=True, query_offset=2),
+                           atol=1e-2)
+    np.testing.assert_allclose(A.jax_attention(q, key, value, mods=mods), plain, atol=1e-6)
+    blockwise = partial(A.blockwise_attention, block_size=3)
+    np.testing.assert_allclose(blockwise(q, key, value, mods=mods), plain, atol=1e-5, rtol=1e-5)
+    expected = jax.jit(jax.grad(loss(A.dot_product_attention), argnums=(0, 1, 2)))(q, key, value)
+    got = jax.jit(jax.grad(loss(blockwise), argnums=(0, 1, 2)))(q, key, value)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, atol=1e-5, rtol=1e-5)
+
+
 def test_masks_by_hand():
     assert A.causal_mask(3)[0, 0].astype(int).tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
     assert A.causal_mask(2, 4, offset=2)[0, 0].astype(int).tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
@@ -189,10 +225,12 @@ def test_mha_is_projections_around_attention(num_kv_heads):
     np.testing.assert_allclose(mha(x, causal=True), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("positions", ["rotary", "alibi"])
 @pytest.mark.parametrize("implementation", ["plain", "blockwise", "jax"])
-def test_mha_with_cache_matches_full_sequence(implementation):
-    mha = A.MultiHeadAttention(16, 4, num_kv_heads=2, rotary_base=10_000.0, implementation=implementation,
-                               block_size=3, rngs=nnx.Rngs(0))
+def test_mha_with_cache_matches_full_sequence(implementation, positions):
+    scheme = {"rotary_base": 10_000.0} if positions == "rotary" else {"alibi": True}
+    mha = A.MultiHeadAttention(16, 4, num_kv_heads=2, implementation=implementation, block_size=3, rngs=nnx.Rngs(0),
+                               **scheme)
     x = np.random.default_rng(2).standard_normal((2, 7, 16), np.float32)
     full = nnx.jit(lambda mha, x: mha(x, causal=True))(mha, x)
 

@@ -179,5 +179,9 @@ def test_spectrogram_transformer_errors():
         model(jnp.zeros((2, 17, 8)))
     with pytest.raises(TypeError, match="GPTConfig"):
         audio.SpectrogramTransformer({"width": 8}, num_mels=8, num_classes=3, rngs=nnx.Rngs(0))
+    for positions in ("rotary", "alibi"):  # the encoder adds learned positions; a second scheme is refused
+        with pytest.raises(ValueError, match=f"config.positions is '{positions}', applied inside attention"):
+            audio.SpectrogramTransformer(GPTConfig.ci(positions=positions), num_mels=8, num_classes=3,
+                                         rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
         audio.SpectrogramTransformer(GPTConfig.ci(), num_mels=8, num_classes=1, rngs=nnx.Rngs(0))

@@ -18,18 +18,18 @@ build_book = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(build_book)
 
 
-def test_imports_found_in_notebook_code():
-    code = (
-        'import labkit\nif "google.colab" in sys.modules:\n    %pip install labkit\nfrom labkit.train import fit\n'
-        "from labkit import plot\nm = labkit.nn.MLP\n%matplotlib inline"
-    )
-    assert build_book._imports_of(code) == {"train", "plot", "nn"}
+def _notebook(*code: str) -> nbformat.NotebookNode:
+    cells = [nbformat.v4.new_markdown_cell("a")] + [nbformat.v4.new_code_cell(src) for src in code]
+    return nbformat.v4.new_notebook(cells=cells)
 
 
-def test_labkit_closure_follows_imports_inside_labkit():
-    files = {p.name for p in build_book.labkit_closure({"train"})}
-    assert {"train.py", "data.py", "__init__.py", "profiles.py"} <= files
-    assert "bigram.py" not in files
+def test_labkit_closure_of_a_notebook_follows_imports_inside_labkit():
+    nb = _notebook("import labkit\n%matplotlib inline", "from labkit.train import fit\nm = labkit.nn.MLP")
+    modules = build_book.labkit_closure(nb)
+    assert {"labkit", "labkit.train", "labkit.nn", "labkit.data", "labkit.profiles"} <= set(modules)
+    assert "labkit.bigram" not in modules
+    _, files = build_book.notebook_key(nb, "ci")
+    assert {"labkit/__init__.py", "labkit/train.py", "labkit/profiles.py"} <= set(files)
 
 
 def test_notebook_key_depends_on_code_and_profile_not_markdown():
@@ -39,6 +39,27 @@ def test_notebook_key_depends_on_code_and_profile_not_markdown():
     assert build_book.notebook_key(nb, "ci")[0] == key
     assert build_book.notebook_key(nb, "cpu")[0] != key
     nb.cells[1].source = "1 + 2"
+    assert build_book.notebook_key(nb, "ci")[0] != key
+
+
+def test_notebook_key_refuses_an_import_it_cannot_follow():
+    with pytest.raises(ImportError, match=r"notebooks/x\.ipynb, line 2: labkit\.nothing is neither a module"):
+        build_book.notebook_key(_notebook("import numpy\nfrom labkit import nothing"), "ci", origin="notebooks/x.ipynb")
+
+
+def test_notebook_key_ignores_labkit_prose_but_not_labkit_code(tmp_path, monkeypatch):
+    shutil.copytree(REPO / "labkit", tmp_path / "labkit", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "requirements.txt", tmp_path / "requirements.txt")
+    monkeypatch.setattr(build_book, "REPO", tmp_path)
+    monkeypatch.setattr(build_book, "LABKIT", tmp_path / "labkit")
+    nb = _notebook("from labkit import bigram")
+    key, files = build_book.notebook_key(nb, "ci")
+    assert "labkit/bigram.py" in files
+    bigram = tmp_path / "labkit" / "bigram.py"
+    source = bigram.read_text()
+    bigram.write_text(source.replace('"""', '"""Edited prose. ', 1) + "\n# a comment\n")
+    assert build_book.notebook_key(nb, "ci")[0] == key
+    bigram.write_text(source + "\nEDITED = True\n")
     assert build_book.notebook_key(nb, "ci")[0] != key
 
 
@@ -142,8 +163,17 @@ def test_editing_labkit_reruns_only_the_notebooks_that_import_it(tmp_path):
     assert "Second version of the text." in page and "a ran" in page
 
     # A labkit module that only notebook a imports.
+    # Prose only, in a module both import (labkit/__init__.py) and one only a imports: nothing runs.
+    for name in ["__init__.py", "bigram.py"]:
+        path = project / "labkit" / name
+        source = path.read_text()
+        path.write_text(source.replace('"""', '"""An edited docstring. ', 1) + "\n# an edited comment\n")
+    prose_only = _build(project, script)
+    assert "0 notebook(s) executed" in prose_only and "executing" not in prose_only
+
+    # Code in a labkit module that only notebook a imports.
     with open(project / "labkit" / "bigram.py", "a") as f:
-        f.write("\n# an edit\n")
+        f.write("\nEDITED = True\n")
     after_edit = _build(project, script)
     assert "notebooks/a.ipynb: executing" in after_edit
     assert "notebooks/b.ipynb: up to date" in after_edit

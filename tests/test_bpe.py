@@ -485,11 +485,3 @@ def test_special_tokens_first_errors(tok_first):
         BPETokenizer([], special_tokens={EOT: 0}, byte_ids=list(range(256)))
     with pytest.raises(TypeError, match="specials_first must be a bool"):
         BPETokenizer.train("hello", 300, special_tokens=[EOT], specials_first="yes")
-
-
-@pytest.mark.parametrize("module", ["bpe", "bpe_files", "bpe_stream", "bpe_train"])
-def test_docstring_examples(module):
-    import doctest
-    import importlib
-
-    assert doctest.testmod(importlib.import_module(f"labkit.{module}")).failed == 0

@@ -138,18 +138,6 @@ def test_rag_prompt_keeps_the_question_and_cuts_the_passage():
         rag_prompt(TOKENIZER, "  ", passage, max_tokens=20)
 
 
-def test_docstring_examples_of_the_pure_functions():
-    import doctest
-
-    import labkit.retrieval as retrieval
-
-    for fn in (top_k, retrieval_accuracy, recall_at_k, words, BM25, rank):
-        runner = doctest.DocTestRunner()
-        for test in doctest.DocTestFinder().find(fn, globs={"np": np, **vars(retrieval)}):
-            runner.run(test)
-        assert runner.failures == 0, fn.__name__
-
-
 # ---- BM25 --------------------------------------------------------------------------------------------------------
 
 DOCS = ["the for statement iterates over a sequence", "the while statement repeats while a condition holds",

@@ -129,11 +129,3 @@ def test_gpt_runs_a_checkpoint_of_either_layout():
             projection.kernel[...] = convert_rotary_layout(projection.kernel[...], heads, source="interleaved",
                                                            target="half")
     np.testing.assert_allclose(half(tokens), meta(tokens), rtol=1e-4, atol=1e-4)
-
-
-def test_docstring_examples():
-    import doctest
-
-    from labkit import positions
-
-    assert doctest.testmod(positions).failed == 0

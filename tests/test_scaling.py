@@ -1,5 +1,4 @@
 import dataclasses
-import doctest
 import math
 
 import jax.numpy as jnp
@@ -13,10 +12,6 @@ from labkit import scaling
 from labkit.gpt import GPT, GPTConfig, count_params
 from labkit.scaling import (compute_optimal, fit_power_law, fit_saturating_power_law, flops_per_token,
                             non_embedding_params, pareto_frontier, training_compute)
-
-
-def test_docstring_examples():
-    assert doctest.testmod(scaling, optionflags=doctest.ELLIPSIS).failed == 0
 
 
 @pytest.mark.parametrize("config", [GPTConfig.ci(), GPTConfig.llama_style(num_layers=1, width=64, num_heads=4,

@@ -138,6 +138,8 @@ def test_constructor_errors():
         tabular.TableTransformer({"width": 8}, num_features=P, num_classes=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="rotary"):
         tabular.TableTransformer(GPTConfig.llama_style(), num_features=P, num_classes=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="'alibi', which orders the features inside attention"):
+        tabular.TableTransformer(GPTConfig.ci(positions="alibi"), num_features=P, num_classes=2, rngs=nnx.Rngs(0))
     for name, value in (("num_features", 0), ("num_features", 2.0), ("num_classes", True), ("num_classes", -1)):
         kwargs = {"num_features": P, "num_classes": 2, name: value}
         with pytest.raises(ValueError, match=f"{name} must be a positive int"):
