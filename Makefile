@@ -29,9 +29,9 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest tests -m "not slow"
 
-# The website and JupyterLab in a real headless browser (Debian's chromium; see tests/test_browser.py).
+# The website and JupyterLab in a real headless browser (Debian's chromium; tests/test_browser.py, test_jupyterlab.py).
 test-browser: setup
-	$(BIN)/python -m pytest tests/test_browser.py
+	$(BIN)/python -m pytest tests/test_browser.py tests/test_jupyterlab.py
 
 lab: setup
 	$(BIN)/jupyter lab notebooks

@@ -87,7 +87,8 @@ def run(corpus: str, text: str, vocab_size: int, repeats: int) -> None:
     print(f"\n{corpus}: {len(text):,} characters, {n_bytes / 1e6:.2f} MB of UTF-8; vocab_size {vocab_size}")
     ours = bench_labkit(text, vocab_size, repeats)
     rows = [ours, bench_tiktoken(text, ours["tok"], repeats), bench_huggingface(text, vocab_size, repeats)]
-    header = f"{'tokenizer':<34} {'train s':>8} {'MB/s 1st':>9} {f'best of {repeats}':>10} {'tokens':>10} {'bytes/tok':>9}"
+    header = (f"{'tokenizer':<34} {'train s':>8} {'MB/s 1st':>9} {f'best of {repeats}':>10} {'tokens':>10} "
+              f"{'bytes/tok':>9}")
     print(header + "\n" + "-" * len(header))
     for row in rows:
         train = "-" if row["train_s"] is None else f"{row['train_s']:.2f}"
@@ -120,7 +121,7 @@ def stream_memory(corpus: str, text: str, vocab_size: int, repeats: list[int], c
         for n in repeats:
             path.write_text(text * n, encoding="utf-8", newline="")
             fresh = BPETokenizer(tok.merges)  # an empty pre-token cache for each measurement
-            count = lambda: sum(len(ids) for ids in fresh.encode_stream(path, chunk_chars=chunk_chars))  # noqa: E731
+            count = lambda fresh=fresh: sum(len(ids) for ids in fresh.encode_stream(path, chunk_chars=chunk_chars))  # noqa: E731
             streamed, stream_peak = _peak_mib(count)
             whole = text * n  # the file's text, allocated before tracing starts: a corpus already in memory
             fresh = BPETokenizer(tok.merges)

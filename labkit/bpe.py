@@ -17,13 +17,15 @@ from __future__ import annotations
 import codecs
 import json
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from typing import AbstractSet, Collection, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import regex
 
-from labkit.bpe_files import _check_path, _read_json, gpt2_bytes_to_unicode, read_gpt2_files, read_vocab
+from labkit.bpe_files import gpt2_bytes_to_unicode  # noqa: F401 (re-exported: labkit.bpe is where readers look)
+from labkit.bpe_files import _check_path, _read_json, read_gpt2_files, read_vocab
 from labkit.bpe_stream import _split_on, encode_chunks, read_chunks
 from labkit.bpe_train import _learn_merges, _replace_pair
 
@@ -198,7 +200,7 @@ class BPETokenizer:
         except UnicodeEncodeError as error:
             raise ValueError(f"text must be valid Unicode; it has a lone surrogate in {piece!r} ({error})") from None
         while len(ids) > 1:
-            pair = min(zip(ids, ids[1:]), key=lambda p: self._ranks.get(p, len(self._ranks)))
+            pair = min(pairwise(ids), key=lambda p: self._ranks.get(p, len(self._ranks)))
             if pair not in self._ranks:
                 break
             ids = _replace_pair(ids, pair, self._merge_id + self._ranks[pair])
@@ -368,7 +370,8 @@ class BPETokenizer:
             raise ValueError(f"path {path} must have exactly the keys {sorted(keys)}; got {sorted(data)}")
         try:
             merges = [tuple(pair) if isinstance(pair, list) else pair for pair in data["merges"]]
-            return cls(merges, special_tokens=data["special_tokens"], pattern=data["pattern"], byte_ids=data["byte_ids"])
+            return cls(merges, special_tokens=data["special_tokens"], pattern=data["pattern"],
+                       byte_ids=data["byte_ids"])
         except (TypeError, ValueError) as error:
             raise ValueError(f"path {path} holds a malformed labkit BPE file: {error}") from None
 

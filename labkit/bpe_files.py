@@ -1,4 +1,5 @@
-"""BPE files: GPT-2's ``encoder.json`` + ``vocab.bpe`` and their byte-to-character map (the file half of ``labkit.bpe``).
+"""BPE files: GPT-2's ``encoder.json`` + ``vocab.bpe`` and their byte-to-character map (the file half of
+``labkit.bpe``).
 
 >>> merges, special_tokens, byte_ids = read_gpt2_files("encoder.json", "vocab.bpe")   # doctest: +SKIP
 >>> len(merges), special_tokens                                                        # doctest: +SKIP

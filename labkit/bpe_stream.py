@@ -1,9 +1,9 @@
 """Encoding a text too large for memory, piece by piece (the streaming half of ``labkit.bpe``).
 
 A pre-token can run across the cut between two pieces ("hel" | "lo"), and the regular expression decides some
-pre-tokens by looking past them: GPT-2's ``\\s+(?!\\S)`` gives a run of spaces all but its last space when a word follows
-("a  b" -> "a", " ", " b"), but the whole run at the end of a text. So the pre-tokens near the end of what has been read
-are held back until more text arrives, and only those that more text cannot change are encoded.
+pre-tokens by looking past them: GPT-2's ``\\s+(?!\\S)`` gives a run of spaces all but its last space when a word
+follows ("a  b" -> "a", " ", " b"), but the whole run at the end of a text. So the pre-tokens near the end of what has
+been read are held back until more text arrives, and only those that more text cannot change are encoded.
 
 Which ones are those? GPT-2's pattern decides a pre-token [s, e) from the characters s .. max(e, s + 2): the character
 that stops a run or satisfies the look-ahead, and the three of a contraction ("'ll"). A pre-token that ends ``_MARGIN``

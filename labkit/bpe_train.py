@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
+from itertools import pairwise
 
 __all__ = ["_learn_merges", "_replace_pair"]
 
@@ -40,7 +41,7 @@ def _learn_merges(word_counts: dict[tuple[int, ...], int], n_merges: int) -> lis
     counts: dict[tuple[int, int], int] = defaultdict(int)  # pair -> occurrences in the corpus
     where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> indices of the words that hold it
     for i, word in enumerate(words):
-        for pair in zip(word, word[1:]):
+        for pair in pairwise(word):
             counts[pair] += freqs[i]
             where[pair].add(i)
     # A max-heap by (count, then smallest pair). Entries go stale when a count changes; a changed count pushes a
@@ -70,9 +71,9 @@ def _merge_in_word(
     """Merge ``pair`` in word ``i`` and update the pair counts and index; returns the pairs whose count changed."""
     old, new = words[i], _replace_pair(words[i], pair, new_id)
     words[i] = new
-    delta = Counter(zip(new, new[1:]))
-    delta.subtract(Counter(zip(old, old[1:])))
-    new_pairs = set(zip(new, new[1:]))
+    delta = Counter(pairwise(new))
+    delta.subtract(Counter(pairwise(old)))
+    new_pairs = set(pairwise(new))
     changed = set()
     for p, d in delta.items():
         if d == 0:

@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 from jaxtyping import Array, Float, Int
 

@@ -121,7 +121,8 @@ class GPTConfig:
     @classmethod
     def llama_style(cls, **overrides: Any) -> "GPTConfig":
         """A small LLaMA-style model (about 2.9M parameters): RMSNorm, SwiGLU, rotary positions, no biases and an
-        untied head as in LLaMA (Touvron et al. 2023), plus grouped-query attention (2 key/value heads) as in Llama 3."""
+        untied head as in LLaMA (Touvron et al. 2023), plus grouped-query attention (2 key/value heads) as in
+        Llama 3."""
         return cls(**{**dict(vocab_size=256, max_len=256, num_layers=4, num_heads=8, num_kv_heads=2, width=256,
                              mlp_width=688, norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", positions="rotary",
                              tie_embeddings=False, bias=False), **overrides})

@@ -160,7 +160,7 @@ def sealed_grader(cases: Mapping[str, Sequence[tuple]], *, ran_first: bool = Tru
             bad = ~isfinite(got) | (absolute(got - expected) > atol + rtol * absolute(expected))
         if bad.any():
             where = tuple_(int_(i) for i in unravel(argmax(bad), bad.shape))
-            assert False, f"{what}: wrong at index {where}: got {got[where]}, expected {expected[where]}"
+            raise AssertionError(f"{what}: wrong at index {where}: got {got[where]}, expected {expected[where]}")
 
     def freeze(value: Any) -> Any:  # the expected answer: dicts and tuples of arrays; lists and numbers become arrays
         if isinstance_(value, dict_):

@@ -160,7 +160,7 @@ def split_by_file(snippets: Snippets, *, fraction: float, seed: int) -> tuple[Sn
     held_files: set[str] = set()
     rng = np.random.default_rng([seed, 2])
     for label in range(len(snippets.classes)):
-        files = sorted({f for f, lab in zip(snippets.files, snippets.labels) if lab == label})
+        files = sorted({f for f, lab in zip(snippets.files, snippets.labels, strict=True) if lab == label})
         if len(files) < 2:
             raise ValueError(f"class {snippets.classes[label]!r} has snippets from {len(files)} file(s); splitting by "
                              "file needs at least two")

@@ -85,7 +85,7 @@ def check_mask(mask: Any, shape: tuple[int, int, int, int]) -> None:
         raise TypeError(f"mask must be a boolean array or None; got {type(mask).__name__}")
     if mask.dtype != jnp.bool_:
         raise TypeError(f"mask must have dtype bool (True = may attend); got dtype {mask.dtype}")
-    ok = mask.ndim == 4 and all(m in (1, s) for m, s in zip(mask.shape, shape))
+    ok = mask.ndim == 4 and all(m in (1, s) for m, s in zip(mask.shape, shape, strict=True))
     if not ok:
         raise ValueError(f"mask must broadcast to (B, N, T, S) = {shape} (4 dims, each 1 or equal); "
                          f"got {tuple(mask.shape)}")

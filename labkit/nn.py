@@ -36,7 +36,7 @@ class MLP(nnx.Module):
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
         self.sizes = tuple(sizes)
         self.activation = activation
-        self.layers = nnx.List([nnx.Linear(i, o, rngs=rngs) for i, o in zip(sizes[:-1], sizes[1:])])
+        self.layers = nnx.List([nnx.Linear(i, o, rngs=rngs) for i, o in zip(sizes[:-1], sizes[1:], strict=True)])
 
     def __call__(self, x: Float[Array, "B I"]) -> Float[Array, "B O"]:
         if x.ndim < 1 or x.shape[-1] != self.sizes[0]:

@@ -122,7 +122,7 @@ def spec_of(path: str, shape: tuple[int, ...], mesh: Mesh, strategy: str) -> Par
         raise ValueError(f"no sharding rule in labkit.parallel.DIMENSIONS names the array {path!r} of shape "
                          f"{tuple(shape)}; add a (pattern, dimension names) entry for it")
     axes = tuple(rules.get(name) for name in names)
-    for axis, name, size in zip(axes, names, shape):
+    for axis, name, size in zip(axes, names, shape, strict=True):
         if axis is not None and size % sizes[axis]:
             raise ValueError(f"mesh axis {axis!r} of size {sizes[axis]} does not divide dimension {name}={size} "
                              f"of {path!r}")

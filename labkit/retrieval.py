@@ -285,7 +285,8 @@ class BM25:
 
     def scores(self, queries: Sequence[str]) -> Float[np.ndarray, "Q M"]:
         """The BM25 score (Q, M) of every document for every query; 0 where they share no word."""
-        if isinstance(queries, str) or not isinstance(queries, Sequence) or not all(isinstance(q, str) for q in queries):
+        if (isinstance(queries, str) or not isinstance(queries, Sequence)
+                or not all(isinstance(q, str) for q in queries)):
             raise TypeError(f"queries must be a sequence of str (not one str); got {type(queries).__name__}")
         mean_length = max(self.lengths.mean(), 1e-9)
         norm = self.k1 * (1.0 - self.b + self.b * self.lengths / mean_length)  # (M,)

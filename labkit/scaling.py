@@ -312,7 +312,8 @@ def size_to_data(profile: Profile | str, train_tokens: int, *, vocab_size: int) 
             steps = -(-tokens // (accumulation * batch * seq_len))
             train = TrainConfig.for_profile(profile, steps=steps, batch_size=batch, seq_len=seq_len,
                                             accumulation=accumulation, learning_rate=lr, final_learning_rate=lr / 10,
-                                            warmup_steps=min(500, steps // 10), eval_every=max(1, min(250, steps // 10)),
+                                            warmup_steps=min(500, steps // 10),
+                                            eval_every=max(1, min(250, steps // 10)),
                                             checkpoint_every=max(1, min(500, steps // 4)))
             return SizedRun(config=config, train=train, train_tokens=train_tokens,
                             reason=f"the largest model that {TOKENS_PER_PARAM} tokens per parameter in at most "

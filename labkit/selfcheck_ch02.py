@@ -111,7 +111,7 @@ def check_forward(forward: Callable) -> str:
     if not isinstance(out, (tuple, list)) or len(out) != 3:
         _fail(name, f"forward must return a tuple (a, h, z); got {type(out).__name__}")
     a, h, z = (_array(name, n, v, ref[n].shape, layout=layout) for n, v, layout in
-               zip("ahz", out, ("(B, F)", "(B, F)", "(B, C)")))
+               zip("ahz", out, ("(B, F)", "(B, F)", "(B, C)"), strict=True))
     _compare(name, "a", a, ref["a"], likely=[(x @ params["W1"], "it lacks the bias b1 (a = x @ W1 + b1)")])
     _compare(name, "h", h, ref["h"], likely=[(np.maximum(a, 0), "that is relu(a); this network uses tanh(a)"),
                                             (a, "h equals a: apply the activation tanh")])

@@ -71,7 +71,7 @@ def check_causal_mask(causal_mask: Callable) -> str:
         if mask.dtype != np.bool_:
             _fail(name, f"the mask must be boolean (True = may attend); got dtype {mask.dtype}")
         want = np.asarray(causal_mask_reference(t))
-        for i, j in zip(*np.nonzero(mask != want)):
+        for i, j in zip(*np.nonzero(mask != want), strict=True):
             if j > i:
                 _fail(name, f"future positions are attended: query {i} may attend key {j} (T={t}); True must mean "
                             f"'may attend', only for keys j <= i")

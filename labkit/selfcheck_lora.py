@@ -124,7 +124,8 @@ def check_lora_merge(merge: Callable) -> str:
             _fail(name, "merge changed the W it was given; return a new array (W + ..., not W += ...)")
         _compare(name, f"the merged kernel (rank {rank}, alpha {alpha})", got,
                  lora_merge_reference(W, A, B, alpha=alpha),
-                 likely=[(W + alpha * A @ B, "scale A B by alpha / r, not alpha"), (W + A @ B, "scale A B by alpha / r"),
+                 likely=[(W + alpha * A @ B, "scale A B by alpha / r, not alpha"),
+                         (W + A @ B, "scale A B by alpha / r"),
                          (W, "W came back unchanged: add the update (alpha / r) A B")])
         _compare(name, "x @ merged + b (it must equal the adapted layer's output)", x @ got + b,
                  lora_forward_reference(x, W, b, A, B, alpha=alpha), rtol=1e-3, atol=1e-4)

@@ -79,8 +79,8 @@ class TableTransformer(nnx.Module):
     """Feature tokens -> ``config.num_layers`` bidirectional ``labkit.gpt.Block``s -> final norm -> head on [CLS].
 
     Of ``config`` it uses the block settings (width, heads, feed-forward, norm, dropout, attention); ``vocab_size``
-    and ``max_len`` do not apply. Positions applied in attention (rotary, ALiBi) are refused: they would give the columns
-    an order.
+    and ``max_len`` do not apply. Positions applied in attention (rotary, ALiBi) are refused: they would give the
+    columns an order.
     """
 
     def __init__(self, config: GPTConfig, *, num_features: int, num_classes: int, rngs: nnx.Rngs):

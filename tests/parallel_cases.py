@@ -72,11 +72,14 @@ def error_of(fn):
     return None
 
 
-def lap(out, name, start=[0.0]):
+_LAST_LAP = [0.0]  # CPU seconds at the previous lap
+
+
+def lap(out, name):
     import time
     now = time.process_time()
-    out.setdefault("cpu_seconds", {})[name] = round(now - start[0], 2)
-    start[0] = now
+    out.setdefault("cpu_seconds", {})[name] = round(now - _LAST_LAP[0], 2)
+    _LAST_LAP[0] = now
 
 
 def main(workdir: Path) -> dict:

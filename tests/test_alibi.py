@@ -131,7 +131,7 @@ def test_plain_blockwise_and_jax_have_the_same_gradients():
 
     plain = grads(A.dot_product_attention)
     for name in ("blockwise", "jax"):
-        for p, g in zip(plain, grads(IMPLEMENTATIONS[name])):
+        for p, g in zip(plain, grads(IMPLEMENTATIONS[name]), strict=True):
             np.testing.assert_allclose(g, p, atol=1e-5, rtol=1e-5, err_msg=name)
     assert all(float(jnp.abs(g).max()) > 0 for g in plain)
 
@@ -195,6 +195,7 @@ def test_generation_with_the_cache_equals_the_full_forward():
                                rtol=1e-5)
 
 
+@pytest.mark.slow  # trains a GPT
 def test_an_alibi_gpt_trains():
     config = GPTConfig(**TINY, positions="alibi", attention="blockwise", block_size=4)
     model = GPT(config, rngs=nnx.Rngs(0))

@@ -106,7 +106,7 @@ def test_gradients_match_finite_differences(implementation):
 
         grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, key, value)
         eps = 1e-6
-        for i, (arg, grad) in enumerate(zip((q, key, value), grads)):
+        for i, (arg, grad) in enumerate(zip((q, key, value), grads, strict=True)):
             direction = np.random.default_rng(i).standard_normal(arg.shape)
             args_plus = [q, key, value]
             args_minus = [q, key, value]
@@ -125,7 +125,7 @@ def test_blockwise_gradients_equal_plain_gradients():
     plain = jax.jit(jax.grad(loss(A.dot_product_attention), argnums=(0, 1, 2)))(q, key, value)
     blockwise = partial(A.blockwise_attention, block_size=4)
     blocks = jax.jit(jax.grad(loss(blockwise), argnums=(0, 1, 2)))(q, key, value)
-    for p, b in zip(plain, blocks):
+    for p, b in zip(plain, blocks, strict=True):
         np.testing.assert_allclose(b, p, atol=1e-5, rtol=1e-5)
 
 
@@ -161,7 +161,7 @@ def test_a_nonlinear_modifier_reaches_every_implementation_and_the_blockwise_gra
     np.testing.assert_allclose(blockwise(q, key, value, mods=mods), plain, atol=1e-5, rtol=1e-5)
     expected = jax.jit(jax.grad(loss(A.dot_product_attention), argnums=(0, 1, 2)))(q, key, value)
     got = jax.jit(jax.grad(loss(blockwise), argnums=(0, 1, 2)))(q, key, value)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, atol=1e-5, rtol=1e-5)
 
 

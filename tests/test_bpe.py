@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from labkit.bpe import GPT2_PATTERN, BPETokenizer, gpt2_bytes_to_unicode
 EOT, PAD = "<|endoftext|>", "<|pad|>"
 
 # A little of other scripts, so that merges also form inside Chinese, emoji and accented words.
-MULTILINGUAL = "大型语言模型的分词器 语言模型 模型很大 😀😀 👍🏽👍🏽 👨‍👩‍👧 naïve café naïve café Ελληνικά русский язык\n" * 5
+MULTILINGUAL = ("大型语言模型的分词器 语言模型 模型很大 😀😀 👍🏽👍🏽 👨‍👩‍👧 "
+                "naïve café naïve café Ελληνικά русский язык\n") * 5
 
 VARIED = [
     "The quick brown fox jumps over the lazy dog. It's 3.14159, isn't it? I'll say we've won.",
@@ -329,7 +331,7 @@ FRAGMENTS = ["a", "lo", " ", "   ", "\n", "\n\n", "\r\n", "\t", "'", "ll", "s", 
 def cut(text: str, cuts: list[int]) -> list[str]:
     """``text`` cut at the positions ``cuts`` (any order, repeats allowed: they make empty pieces)."""
     bounds = [0, *sorted(c % (len(text) + 1) for c in cuts), len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [text[a:b] for a, b in pairwise(bounds)]
 
 
 def streamed(tok: BPETokenizer, source, **kwargs) -> list[int]:

@@ -6,7 +6,8 @@ by LABKIT_CHROMIUM); Playwright's own browser download is never used. The site i
 internet fails here as it would for a reader offline.
 
 Where no Chromium exists these tests skip, saying how to install it; where the environment variable CI or
-LABKIT_REQUIRE_BROWSER is set (.ci/run sets the second) they fail instead.
+LABKIT_REQUIRE_BROWSER is set (.ci/run sets the second) they fail instead. The browser, its fixtures and the
+offline contexts are tests/browserkit.py's, shared with tests/test_jupyterlab.py (the labs in JupyterLab).
 
 One browser serves the module. Every page is visited once (the `visits` fixture) and what the reader would see is
 collected; the tests then check the collection, naming the page and the element at fault. `find_*` functions turn a
@@ -20,83 +21,43 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urldefrag, urlsplit
 
 import psutil
 import pytest
 import yaml
+
+import browserkit
+from browserkit import WAIT_MS, is_local, offline_context
 from localweb import serve
 
 try:
-    from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+    from playwright.sync_api import Browser, BrowserContext, Page
     from playwright.sync_api import Error as PlaywrightError
-except ImportError:  # the skip or failure below says what to install
-    sync_playwright = None
+except ImportError:  # browserkit's `chromium` fixture skips or fails, saying what to install
+    pass
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-INSTALL_HINT = (
-    "install Debian's Chromium with `sudo apt-get install -y --no-install-recommends chromium` (or set "
-    "LABKIT_CHROMIUM to a Chrome/Chromium program) and the pinned Playwright with `make setup`; never "
-    "`playwright install`"
-)
-# Flags that work as root in a container with no display, GPU or network.
-CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]
 PHONE = {"width": 390, "height": 844}
 TABS = 2  # pages loading at once: the browser typesets one page's math while the test checks another
-WAIT_MS = 60_000  # generous: the test machine may be busy
 # TeX that MathJax should have replaced; text inside code, scripts and typeset math is not searched.
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\begin\{|\\end\{|\$[^$\n]*\\[A-Za-z]+[^$\n]*\$")
 SEARCH_TERM = "SwiGLU"  # a term from chapter 3 (book/ch03_transformer.md)
 SEARCH_TARGET = "book/ch03_transformer.html"
 
-
-# --- finding the browser and the site ---------------------------------------------------------------------------
-
-
-def chromium_executable() -> str | None:
-    """The Chromium program to drive: LABKIT_CHROMIUM, else `chromium` or `chromium-browser` on the PATH."""
-    for name in [os.environ.get("LABKIT_CHROMIUM"), "chromium", "chromium-browser"]:
-        if name and (found := shutil.which(name)):
-            return found
-    return None
+# The browser fixtures (tests/browserkit.py), shared with tests/test_jupyterlab.py.
+chromium, browser = browserkit.chromium, browserkit.browser
 
 
-def browser_required() -> bool:
-    """In CI (CI or LABKIT_REQUIRE_BROWSER set) a missing browser is a failure, not a skip."""
-    return bool(os.environ.get("CI") or os.environ.get("LABKIT_REQUIRE_BROWSER"))
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    problem = None
-    executable = chromium_executable()
-    if sync_playwright is None:
-        problem = "Playwright for Python is not installed"
-    elif executable is None:
-        problem = "no Chromium found (looked for $LABKIT_CHROMIUM, chromium, chromium-browser)"
-    if problem:
-        message = f"{problem}: {INSTALL_HINT}"
-        if browser_required():
-            pytest.fail(f"{message} (required: CI or LABKIT_REQUIRE_BROWSER is set)", pytrace=False)
-        pytest.skip(message)
-    return executable
+# --- finding the site -------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -122,38 +83,6 @@ def base_url(site: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    """One headless Chromium for the module (Playwright gives each launch a fresh temporary profile)."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
-        yield launched
-        launched.close()
-
-
-def is_local(url: str) -> bool:
-    """True for the local server (127.0.0.1), local files and in-page data."""
-    parts = urlsplit(url)
-    return parts.scheme in ("file", "data", "blob", "about") or parts.hostname == "127.0.0.1"
-
-
-def offline_context(browser: Browser, **options: object) -> tuple[BrowserContext, list[str]]:
-    """A context whose every request to a host other than 127.0.0.1 is aborted; returns it and those URLs."""
-    context = browser.new_context(**options)
-    context.set_default_timeout(WAIT_MS)
-    outside: list[str] = []
-
-    def route(route) -> None:
-        if is_local(route.request.url):
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort("blockedbyclient")
-
-    context.route("**/*", route)
-    return context, outside
-
-
 # --- one visit of one page --------------------------------------------------------------------------------------
 
 COLLECT_JS = r"""
@@ -173,7 +102,8 @@ async () => {
   return {
     title: document.title,
     text: copy.textContent,
-    links: [...document.querySelectorAll('a[href]')].map(a => ({href: a.href, text: a.textContent.trim().slice(0, 60)})),
+    links: [...document.querySelectorAll('a[href]')]
+      .map(a => ({href: a.href, text: a.textContent.trim().slice(0, 60)})),
     images: [...document.images].map(img => ({src: img.currentSrc || img.src, alt: img.alt,
                                               ok: img.complete && img.naturalWidth > 0})),
     ids: [...document.querySelectorAll('[id]')].map(e => e.id).concat(
@@ -207,7 +137,8 @@ PHONE_JS = r"""
       const r = e.getBoundingClientRect(); return r.width > 0 && r.right > width + 1 && !scrolls(e); });
   return {
     width, pageWidth: document.documentElement.scrollWidth, columnRight: column.getBoundingClientRect().right,
-    over: over.slice(0, 5).map(e => `<${e.tagName.toLowerCase()} class="${e.className}"> right=${Math.round(e.getBoundingClientRect().right)} `
+    over: over.slice(0, 5).map(e => `<${e.tagName.toLowerCase()} class="${e.className}"> `
+                                   + `right=${Math.round(e.getBoundingClientRect().right)} `
                                    + e.textContent.trim().slice(0, 60)),
   };
 }
@@ -278,7 +209,8 @@ def finish_visit(page: Page, result: Visit, screenshot: Path | None = None) -> V
             page.screenshot(path=str(screenshot.with_name(screenshot.stem + "_phone.png")))
     finally:
         page.close()
-    result.raw_tex = [found["text"][max(0, m.start() - 40): m.end() + 40].strip() for m in RAW_TEX.finditer(found["text"])]
+    text = found["text"]
+    result.raw_tex = [text[max(0, m.start() - 40): m.end() + 40].strip() for m in RAW_TEX.finditer(text)]
     for name in ["title", "links", "images", "math", "typeset", "prev", "next", "toc", "launch", "source"]:
         setattr(result, name, found[name])
     result.math_errors += found["mathErrors"]
@@ -336,7 +268,8 @@ def find_broken_links(v: Visit, site: Path, base_url: str, seen: dict[str, Visit
 
 
 def find_broken_images(v: Visit) -> list[str]:
-    return [f"{v.path}: image <img src={i['src'][:120]!r} alt={i['alt']!r}> did not load" for i in v.images if not i["ok"]]
+    return [f"{v.path}: image <img src={i['src'][:120]!r} alt={i['alt']!r}> did not load"
+            for i in v.images if not i["ok"]]
 
 
 def find_math_problems(v: Visit) -> list[str]:
@@ -481,7 +414,7 @@ def test_table_of_contents_lists_every_page_and_navigates(visits, browser, base_
 def test_previous_and_next_links_follow_reading_order(visits, browser, base_url):
     pages, seen = visits.pages, visits.visits
     problems = []
-    for before, after in zip(pages, pages[1:]):
+    for before, after in pairwise(pages):
         if site_path(seen[before].next or "", base_url) != after:
             problems.append(f"{before}: 'next' goes to {seen[before].next}, expected {after}")
         if site_path(seen[after].prev or "", base_url) != before:
@@ -533,7 +466,8 @@ def test_search_finds_a_chapter_3_term_and_links_to_it(browser, base_url):
         page.goto(f"{base_url}search.html?q={SEARCH_TERM}")
         results = page.locator("#search-results ul.search li a")
         page.wait_for_function(
-            "() => /Search finished|found|did not match/i.test(document.querySelector('#search-results')?.innerText ?? '')"
+            "() => /Search finished|found|did not match/i"
+            ".test(document.querySelector('#search-results')?.innerText ?? '')"
         )
         hrefs = [site_path(urldefrag(h)[0], base_url) for h in results.evaluate_all("links => links.map(a => a.href)")]
         assert SEARCH_TARGET in hrefs, f"searching {SEARCH_TERM!r} did not list {SEARCH_TARGET}; it listed {hrefs}"
@@ -568,7 +502,8 @@ def test_launch_buttons_point_at_the_configured_repository(visits):
         query = parse_qs(urlsplit(hub[0]).query) if hub else {}
         if (query.get("repo") != [repo_url] or query.get("branch") != [branch]
                 or not query.get("urlpath", [""])[0].endswith(f"/{ipynb}")):
-            problems.append(f"{path}: the JupyterHub button is not a pull of {repo_url} ({branch}) opening {ipynb}: {hub}")
+            problems.append(f"{path}: the JupyterHub button is not a pull of {repo_url} ({branch}) opening {ipynb}: "
+                            f"{hub}")
         for url in v.launch:
             if urlsplit(url).scheme != "https":
                 problems.append(f"{path}: launch button {url} is not https")
@@ -634,99 +569,3 @@ def test_a_broken_page_is_caught(tmp_path, site, browser, visits):
     assert any("no_such_page.html" in p and "dead link" in p for p in links), links
     assert any("no-such-anchor" in p for p in links), links
     assert not find_math_problems(seen[real]), "the unbroken page must pass"
-
-
-# --- JupyterLab: a notebook run through the UI, in the `ci` profile -----------------------------------------------
-
-LAB_NOTEBOOK = "notebooks/ch02_forward_and_grad.ipynb"
-LAB_TIMEOUT_MS = 900_000  # the whole notebook, on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def jupyter_lab(root: Path, log: Path) -> Iterator[tuple[str, str]]:
-    """JupyterLab serving ``root`` on 127.0.0.1 with a token and no browser; yields its URL and the token."""
-    token, port = secrets.token_hex(16), free_port()
-    command = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.news_url=",
-    ] + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])  # CI containers run as root
-    env = {**os.environ, "LABKIT_PROFILE": os.environ.get("LABKIT_PROFILE", "ci")}  # HOME etc.: conftest.py's
-    env.pop("MPLBACKEND", None)  # conftest.py's Agg would hide every figure; a reader's kernel draws them inline
-    with open(log, "w") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=5):
-                    break
-            except OSError:
-                assert server.poll() is None, f"jupyter lab exited:\n{log.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, f"jupyter lab did not start:\n{log.read_text()[-3000:]}"
-                time.sleep(1)
-        yield f"http://127.0.0.1:{port}", token
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def run_all_cells(page: Page) -> None:
-    """Run every cell from the Run menu and wait until each code cell has an execution count."""
-    page.locator(".jp-Notebook .jp-Cell").first.wait_for()
-    # The status bar reads "No Kernel | Initializing" until the kernel is up, then "Python 3 (ipykernel) | Idle".
-    kernel_idle = "/Python.*\\| Idle/.test(document.querySelector('#jp-main-statusbar')?.innerText ?? '')"
-    page.wait_for_function(f"() => {kernel_idle}", timeout=LAB_TIMEOUT_MS, polling=500)
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-    page.wait_for_function(
-        f"""() => {{
-             const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
-             return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)) && {kernel_idle};
-           }}""",
-        timeout=LAB_TIMEOUT_MS, polling=1000,
-    )
-
-
-def test_jupyterlab_runs_a_notebook_with_no_errors(tmp_path, browser):
-    """The chapter 2 lab, opened and run in JupyterLab through its menus: no error output, figures shown."""
-    root = tmp_path / "lab"
-    (root / "notebooks").mkdir(parents=True)
-    shutil.copy(REPO / LAB_NOTEBOOK, root / LAB_NOTEBOOK)  # a copy: JupyterLab saves outputs into what it opens
-    log = tmp_path / "jupyter.log"
-    with jupyter_lab(root, log) as (url, token):
-        context, outside = offline_context(browser, viewport={"width": 1400, "height": 1000})
-        try:
-            context.set_default_timeout(WAIT_MS * 3)
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{url}/lab/tree/{LAB_NOTEBOOK}?token={token}")
-            start = time.perf_counter()
-            run_all_cells(page)
-            seconds = time.perf_counter() - start
-            cells = page.locator(".jp-CodeCell").count()
-            error_outputs = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]')
-            failures = [error_outputs.nth(i).inner_text()[:500] for i in range(error_outputs.count())]
-            figures = page.locator(".jp-OutputArea-output img").count()
-            page.screenshot(path=str(tmp_path / "lab.png"))
-        finally:
-            context.close()
-    server_log = log.read_text()
-    print(f"JupyterLab ran {LAB_NOTEBOOK}: {cells} code cells in {seconds:.0f} s, {figures} figures")
-    assert not failures, f"{LAB_NOTEBOOK}: error output in JupyterLab:\n" + "\n---\n".join(failures)
-    assert figures >= 1, f"{LAB_NOTEBOOK}: no figure shown in JupyterLab"
-    assert not errors, f"JupyterLab page errors: {errors}"
-    uncaught = [line for line in server_log.splitlines() if "Uncaught exception" in line or "Traceback" in line]
-    assert not uncaught, f"the server log has uncaught exceptions:\n{server_log[-5000:]}"
-    assert not [u for u in outside if "127.0.0.1" not in u], outside

@@ -150,6 +150,7 @@ def _fit(train_windows, directory, steps=10):
                      eval_batches=2, checkpoint_dir=directory, checkpoint_every=3, progress=False)
 
 
+@pytest.mark.slow  # trains, stops and resumes
 def test_a_stopped_and_resumed_run_gives_the_losses_of_one_that_never_stopped(tmp_path):
     uninterrupted = _fit(TokenWindows(CORPUS, seq_len=12), tmp_path / "once")
     with pytest.raises(_PowerCut):  # checkpoints at steps 3 and 6, then the run dies during step 8
@@ -165,6 +166,7 @@ def test_a_stopped_and_resumed_run_gives_the_losses_of_one_that_never_stopped(tm
     assert again.loss == uninterrupted.loss
 
 
+@pytest.mark.slow  # trains, stops and resumes
 def test_resuming_checks_the_key_and_the_number_of_steps(tmp_path):
     _fit(TokenWindows(CORPUS, seq_len=12), tmp_path, steps=3)
     model, optimizer = _model_and_optimizer(0)

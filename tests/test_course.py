@@ -189,10 +189,13 @@ import labkit.bpe
 import labkit.optim
 import labkit.selfcheck
 
-labkit.bpe.BPETokenizer.train = classmethod(lambda cls, text, vocab_size, **kwargs: cls(train_bpe(text, vocab_size - 256)))
+labkit.bpe.BPETokenizer.train = classmethod(
+    lambda cls, text, vocab_size, **kwargs: cls(train_bpe(text, vocab_size - 256)))
 labkit.bpe._replace_pair = lambda ids, pair, new_id: merge(ids, pair, new_id)
 optax.warmup_cosine_decay_schedule = lambda *args, **kwargs: (lambda step: args[1])
-labkit.optim.make_schedule = lambda config: (lambda step: lr_schedule(step, peak_lr=config.learning_rate, warmup_steps=config.warmup_steps, total_steps=config.steps, final_lr=config.final_learning_rate))
+labkit.optim.make_schedule = lambda config: (lambda step: lr_schedule(
+    step, peak_lr=config.learning_rate, warmup_steps=config.warmup_steps, total_steps=config.steps,
+    final_lr=config.final_learning_rate))
 labkit.selfcheck.schedule_reference = lambda step, **kwargs: lr_schedule(step, **kwargs)
 for name in dir(labkit.selfcheck):
     if name.startswith("check_"):
@@ -279,14 +282,16 @@ def attention_weights(q, k, mask=None):
         "moved": {"insert": (None, 'print("my notes")')},
         "tamper": {"answers": {
             "train_bpe": "def train_bpe(text, num_merges):\n    return [(97, 97)] * num_merges",
-            "lr_schedule": "def lr_schedule(step, *, peak_lr, warmup_steps, total_steps, final_lr):\n    return peak_lr"},
+            "lr_schedule": "def lr_schedule(step, *, peak_lr, warmup_steps, total_steps, final_lr):\n"
+                           "    return peak_lr"},
             "insert": ("lr_schedule", TAMPER_CH04)},
     },
     "ch04_lora": {
         "reference": {},
         "untouched": None,
         # The update is not scaled by alpha / r; lora_step calls lora_forward, and is graded on labkit's.
-        "unscaled": {"answers": {"lora_forward": "def lora_forward(x, W, b, A, B, alpha):\n    return x @ W + b + (x @ A) @ B"}},
+        "unscaled": {"answers": {
+            "lora_forward": "def lora_forward(x, W, b, A, B, alpha):\n    return x @ W + b + (x @ A) @ B"}},
     },
 }
 
@@ -424,8 +429,8 @@ def run_term(work: Path, submissions: dict[str, dict[str, dict | None]],
                 folder.mkdir(parents=True, exist_ok=True)
                 nbformat.write(make_submission(fetched, source, spec), folder / nb_path.name)
         with ThreadPoolExecutor(max_workers=4) as pool:  # students submit at the same time
-            list(pool.map(lambda student: term.student(student, "submit", assignment, f"--student={student}"),
-                          students))
+            list(pool.map(lambda student, assignment=assignment:
+                          term.student(student, "submit", assignment, f"--student={student}"), students))
     term.teacher("collect", *submissions)
     term.teacher("autograde", *submissions)
     term.teacher("feedback", *submissions)

@@ -78,6 +78,7 @@ def test_predictions_at_prompt_positions_do_not_change_the_loss():
     np.testing.assert_array_equal(other.y[0], data.y[0])  # another prompt, the same targets
 
 
+@pytest.mark.slow  # trains a GPT
 def test_instruction_tuning_with_fit_lowers_the_response_loss():
     model = GPT(CONFIG, rngs=nnx.Rngs(0))
     pairs = [([10 + i % 7, 20 + i % 5], [30 + i % 7]) for i in range(40)]

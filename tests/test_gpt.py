@@ -165,6 +165,7 @@ def test_padding_mask_hides_padding_from_real_tokens():
     assert not np.allclose(masked[:, 1:5], forward(model, short)[:, 1:5], atol=1e-3)
 
 
+@pytest.mark.slow  # trains a GPT
 def test_training_lowers_the_loss_and_dropout_only_in_training():
     config = dataclasses.replace(CONFIGS["llama"], dropout=0.1)
     model = GPT(config, rngs=nnx.Rngs(params=0, dropout=1))
@@ -223,7 +224,7 @@ def test_remat_gives_the_same_loss_and_gradients():
 
     (loss, grads), (loss_remat, grads_remat) = loss_and_grads(False), loss_and_grads(True)
     np.testing.assert_allclose(loss_remat, loss, rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads)):
+    for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="GPTConfig.remat must be a bool"):
         GPTConfig.ci(remat="yes")

@@ -25,7 +25,7 @@ def test_deterministic_per_seed_and_split_by_file():
     assert set(train.files).isdisjoint(test.files)
     assert {_key(t) for t in train.texts}.isdisjoint(_key(t) for t in test.texts)  # no snippet on both sides
     assert train.classes == PACKAGES and set(np.unique(train.labels)) == {0, 1, 2}
-    for text, label, file in zip(train.texts, train.labels, train.files):
+    for label, file in zip(train.labels, train.files, strict=True):
         assert file.split("/")[0] == PACKAGES[label]
     assert max(np.bincount(train.labels)) <= 50
 
@@ -94,7 +94,7 @@ def test_split_by_file_keeps_every_file_on_one_side():
     assert sorted(kept.texts + held.texts) == sorted(train.texts)
     assert set(held.labels.tolist()) == set(kept.labels.tolist()) == {0, 1, 2}  # every class on both sides
     for part in (kept, held):
-        for text, label, file in zip(part.texts, part.labels, part.files):
+        for text, label, file in zip(part.texts, part.labels, part.files, strict=True):
             i = train.texts.index(text)
             assert train.labels[i] == label and train.files[i] == file and part.classes == train.classes
     again = split_by_file(train, fraction=0.3, seed=1)

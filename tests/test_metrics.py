@@ -12,7 +12,7 @@ cases = st.lists(st.tuples(st.integers(0, 1), st.integers(0, 20).map(lambda k: k
 
 
 def _split(pairs):
-    y, p = zip(*pairs)
+    y, p = zip(*pairs, strict=True)
     return np.array(y), np.array(p)
 
 
@@ -166,7 +166,8 @@ def test_reliability_parity_with_sklearn(seed, num_bins):
     filled = curve.counts > 0
     np.testing.assert_allclose(curve.observed[filled], ref_observed)
     np.testing.assert_allclose(curve.mean_predicted[filled], ref_predicted)
-    expected = sum(c / len(y) * abs(o - m) for c, o, m in zip(curve.counts[filled], ref_observed, ref_predicted))
+    expected = sum(c / len(y) * abs(o - m)
+                   for c, o, m in zip(curve.counts[filled], ref_observed, ref_predicted, strict=True))
     assert metrics.expected_calibration_error(y, p, num_bins=num_bins) == pytest.approx(expected)
 
 

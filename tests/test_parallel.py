@@ -29,16 +29,19 @@ def report(tmp_path_factory):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # 8 simulated devices in a subprocess
 def test_subprocess_sees_eight_devices(report):
     assert report["devices"] == 8
 
 
+@pytest.mark.slow  # 8 simulated devices in a subprocess
 @pytest.mark.parametrize("strategy", ["dp", "fsdp", "tp", "tp 2x4", "fsdp_tp"])
 def test_every_strategy_gives_the_single_device_losses(report, strategy):
     steps = len(report["losses"][strategy])
     np.testing.assert_allclose(report["losses"][strategy], report["single"][:steps], rtol=2e-6, atol=2e-6)
 
 
+@pytest.mark.slow  # 8 simulated devices in a subprocess
 @pytest.mark.parametrize("strategy", ["dp", "fsdp", "tp", "tp 2x4", "fsdp_tp", "create_sharded fsdp"])
 def test_parameters_and_adam_state_are_placed_as_the_rules_name(report, strategy):
     assert report["wrong"][strategy] == []
@@ -46,6 +49,7 @@ def test_parameters_and_adam_state_are_placed_as_the_rules_name(report, strategy
         assert report["opt_paths"][strategy] > 0  # the optimizer's moments were among the arrays checked
 
 
+@pytest.mark.slow  # 8 simulated devices in a subprocess
 @pytest.mark.parametrize("resumed", ["resumed_dp4", "resumed_one"])
 def test_checkpoint_from_fsdp_on_8_devices_resumes_elsewhere(report, resumed):
     # steps 1-2 ran on 8-device FSDP; steps 3-4 after restoring onto 4-device DP or one device
@@ -60,6 +64,7 @@ def test_checkpoint_from_fsdp_on_8_devices_resumes_elsewhere(report, resumed):
     ("width", ["'data'", "size 8", "width D=36"]),
     ("idle_model_axis", ["'dp'", "model=2"]),
 ])
+@pytest.mark.slow  # 8 simulated devices in a subprocess
 def test_a_mesh_that_does_not_divide_is_refused_by_name(report, case, words):
     message = report["errors"][case]
     assert message is not None, f"{case}: no error was raised"
@@ -111,6 +116,7 @@ def test_make_mesh_needs_enough_devices():
 # ---- memory and communication: arithmetic against the compiled program ----------------------------------------
 
 
+@pytest.mark.slow  # 8 simulated devices in a subprocess
 def test_state_bytes_by_formula(report):
     p = report["costs"]["params"]
     assert report["costs"]["dp"]["state"] == {"params": 4 * p, "grads": 4 * p, "adam": 8 * p}
@@ -119,6 +125,7 @@ def test_state_bytes_by_formula(report):
     assert 4 * p / 8 <= tp["params"] < 4 * p / 4
 
 
+@pytest.mark.slow  # 8 simulated devices in a subprocess
 @pytest.mark.parametrize("strategy", ["dp", "fsdp", "tp"])
 def test_xla_arguments_are_parameters_adam_and_batch(report, strategy):
     cost = report["costs"][strategy]
@@ -127,6 +134,7 @@ def test_xla_arguments_are_parameters_adam_and_batch(report, strategy):
     assert state + batch <= cost["xla"]["arguments"] <= state + batch + 64  # + step counters and random keys
 
 
+@pytest.mark.slow  # 8 simulated devices in a subprocess
 def test_collectives_found_in_the_compiled_step(report):
     p, width, vocab = report["costs"]["params"], 64, 256
     dp = report["costs"]["dp"]["collectives"]
@@ -166,6 +174,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 8 simulated devices in a subprocess
 def test_two_processes_train_like_one_device(report):
     port = _free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_PLATFORMS": "cpu",
@@ -178,7 +187,7 @@ def test_two_processes_train_like_one_device(report):
     finally:
         for worker in workers:
             worker.kill()
-    for worker, (out, err) in zip(workers, outputs):
+    for worker, (out, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, err[-4000:]
         result = json.loads(out.strip().splitlines()[-1])
         assert (result["processes"], result["devices"], result["local"]) == (2, 8, 4)
@@ -207,6 +216,7 @@ def test_a_lone_process_is_left_alone(monkeypatch):
     assert distributed.initialize() == 1
 
 
+@pytest.mark.slow  # 8 simulated devices in a subprocess
 def test_accumulation_and_evaluation_on_a_mesh(report):
     np.testing.assert_allclose(report["accumulated"]["dp"], report["accumulated"]["one"], rtol=2e-6, atol=2e-6)
 

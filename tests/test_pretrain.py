@@ -1,3 +1,5 @@
+from itertools import pairwise
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +33,7 @@ def test_schedule_warms_up_peaks_and_decays_to_the_final_rate():
     assert float(lr(60)) == pytest.approx(5.5e-4)  # half-way down the cosine: the mean of peak and final
     assert float(lr(110)) == pytest.approx(1e-4) and float(lr(500)) == pytest.approx(1e-4)
     decay = [float(lr(c)) for c in range(10, 111)]
-    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert all(a >= b for a, b in pairwise(decay))
     no_warmup = optim.make_schedule(TrainConfig.ci(steps=10, warmup_steps=0, learning_rate=1e-3))
     assert float(no_warmup(0)) == pytest.approx(1e-3)
 
@@ -122,10 +124,11 @@ def test_accumulated_micro_batches_give_the_update_of_one_big_batch():
     assert results[4][0] == pytest.approx(results[1][0], rel=1e-6)
     changed = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), results[1][1], nnx.state(_gpt(), nnx.Param))
     assert max(jax.tree.leaves(changed)) > 1e-3  # the step moved the parameters
-    for big, accumulated in zip(jax.tree.leaves(results[1][1]), jax.tree.leaves(results[4][1])):
+    for big, accumulated in zip(jax.tree.leaves(results[1][1]), jax.tree.leaves(results[4][1]), strict=True):
         np.testing.assert_allclose(accumulated, big, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # trains a GPT twice to compare
 def test_fit_with_accumulation_matches_fit_with_the_big_batch():
     config = TrainConfig.ci(steps=4, warmup_steps=1)
 
@@ -140,6 +143,7 @@ def test_fit_with_accumulation_matches_fit_with_the_big_batch():
     assert accumulated.tokens == big.tokens == [96, 192, 288, 384]
 
 
+@pytest.mark.slow  # trains a GPT twice to compare
 def test_bf16_compute_keeps_float32_parameters_and_a_close_loss():
     windows = TokenWindows(CORPUS, seq_len=12)
     x, y = windows.batch(jax.random.key(0), 0, batch_size=4)
@@ -157,6 +161,7 @@ def test_bf16_compute_keeps_float32_parameters_and_a_close_loss():
 # ---- fit on tokens ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains a GPT twice to compare
 def test_fit_on_token_windows_learns_and_reports_tokens_evaluations_and_throughput():
     train_ids, valid_ids = CORPUS[:2000], CORPUS[2000:]
     config = TrainConfig.ci(steps=40, warmup_steps=5, learning_rate=1e-2, final_learning_rate=1e-3)
@@ -168,7 +173,7 @@ def test_fit_on_token_windows_learns_and_reports_tokens_evaluations_and_throughp
     assert history.step == list(range(1, 41)) and history.tokens[-1] == 40 * 8 * 12
     assert history.eval_step == [20, 40] and history.eval["loss"][1] < 0.5 * np.log(64)
     assert np.mean(history.loss[-5:]) < 0.5 * np.mean(history.loss[:5])
-    assert all(a < b for a, b in zip(history.seconds, history.seconds[1:])) and history.throughput(skip=1) > 0
+    assert all(a < b for a, b in pairwise(history.seconds)) and history.throughput(skip=1) > 0
     assert float(lm.perplexity(history.eval["loss"][-1])) < 64
     with pytest.raises(ValueError, match=r"skip must be an int in \[0, 39\]"):
         history.throughput(skip=40)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from labkit.bpe import BPETokenizer
 from labkit.gpt import GPT, GPTConfig
-from labkit.retrieval import BM25, embed, rag_prompt, rank, recall_at_k, retrieval_accuracy, top_k, words
+from labkit.retrieval import BM25, embed, rag_prompt, rank, recall_at_k, retrieval_accuracy, top_k
 
 # A larger initial scale than training would use, so that hidden states differ clearly from text to text.
 CONFIG = GPTConfig(vocab_size=256, max_len=16, num_layers=2, num_heads=2, width=16, mlp_width=32, init_std=0.3)
@@ -38,7 +38,7 @@ def test_embed_shape_and_unit_norm():
 
 def test_embed_is_the_mean_hidden_state():
     vectors = embed(MODEL, TOKENIZER, TEXTS, batch_size=3)
-    for text, vector in zip(TEXTS, vectors):
+    for text, vector in zip(TEXTS, vectors, strict=True):
         np.testing.assert_allclose(vector, reference_embedding(text), atol=1e-5)
 
 
@@ -169,7 +169,8 @@ def test_bm25_properties():
     long_doc, short_doc = "x for " + "y " * 20, "x for"
     no_length = BM25([long_doc, short_doc], b=0.0).scores(["for"])[0]
     assert no_length[0] == pytest.approx(no_length[1])
-    assert BM25([long_doc, short_doc], b=1.0).scores(["for"])[0, 1] > BM25([long_doc, short_doc], b=1.0).scores(["for"])[0, 0]
+    scores = BM25([long_doc, short_doc], b=1.0).scores(["for"])
+    assert scores[0, 1] > scores[0, 0]
 
 
 def test_bm25_equals_a_brute_force_formula():

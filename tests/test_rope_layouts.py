@@ -90,8 +90,8 @@ def test_converted_projections_give_the_same_scores():
         return jnp.einsum("btnh,bsnh->bnts", q, k)  # (B, N, T, T)
 
     convert = dict(num_heads=n, source="interleaved", target="half")
-    np.testing.assert_allclose(scores(convert_rotary_layout(wq, **convert), convert_rotary_layout(wk, **convert), "half"),
-                               scores(wq, wk, "interleaved"), rtol=1e-4, atol=1e-4)
+    converted = scores(convert_rotary_layout(wq, **convert), convert_rotary_layout(wk, **convert), "half")
+    np.testing.assert_allclose(converted, scores(wq, wk, "interleaved"), rtol=1e-4, atol=1e-4)
     back = convert_rotary_layout(convert_rotary_layout(wq, **convert), n, source="half", target="interleaved")
     np.testing.assert_array_equal(back, wq)
     assert convert_rotary_layout(wq, n, source="half", target="half") is wq
@@ -125,7 +125,8 @@ def test_gpt_runs_a_checkpoint_of_either_layout():
     tokens = jax.random.randint(jax.random.key(6), (2, 16), 0, meta_config.vocab_size)
     assert not np.allclose(half(tokens), meta(tokens), atol=1e-3)
     for block in half.blocks:
-        for projection, heads in ((block.attn.query, meta_config.num_heads), (block.attn.key, meta_config.num_kv_heads)):
+        pairs = ((block.attn.query, meta_config.num_heads), (block.attn.key, meta_config.num_kv_heads))
+        for projection, heads in pairs:
             projection.kernel[...] = convert_rotary_layout(projection.kernel[...], heads, source="interleaved",
                                                            target="half")
     np.testing.assert_allclose(half(tokens), meta(tokens), rtol=1e-4, atol=1e-4)

@@ -193,7 +193,7 @@ def test_pareto_frontier_is_the_lower_envelope():
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.floats(0.1, 100.0), st.floats(0.1, 10.0)), min_size=1, max_size=30))
 def test_pareto_frontier_points_are_not_beaten_by_any_cheaper_point(points):
-    x, y = (np.array(v) for v in zip(*points))
+    x, y = (np.array(v) for v in zip(*points, strict=True))
     frontier = pareto_frontier(x, y)
     assert np.all(np.diff(x[frontier]) >= 0) and np.all(np.diff(y[frontier]) < 0)
     for i in range(len(x)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import math
 import re
+from itertools import pairwise
 from pathlib import Path
 
 import jax
@@ -65,6 +66,7 @@ def fails_with(check, fn, *fragments: str) -> None:
 # ---- the reference solutions pass ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs every check on the reference solutions
 def test_reference_solutions_pass_every_check(ch02, ch03, ch04):
     for name, namespace in (("forward", ch02), ("softmax_cross_entropy", ch02), ("backward", ch02),
                             ("train", ch02), ("causal_mask", ch03), ("attention_weights", ch03),
@@ -309,7 +311,7 @@ def test_a_part_is_checked_on_the_references_of_the_parts_it_calls(ch02, ch03):
 
 def test_the_references_are_labkits_answers(ch02, ch03):
     params, x, y = selfcheck.two_layer_case(np.random.default_rng(9))
-    for got, want in zip(selfcheck.forward_reference(params, x), ch02["forward"](params, x)):
+    for got, want in zip(selfcheck.forward_reference(params, x), ch02["forward"](params, x), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12)
     rng = np.random.default_rng(10)
     x, params = rng.normal(size=(2, 5, 12)).astype(np.float32), selfcheck.self_attention_params(rng, 12)
@@ -354,13 +356,13 @@ def test_the_grader_binds_references_and_enforces_rules():
 
 
 def test_bpe_mistakes(ch04):
-    fails_with(selfcheck.check_pair_counts, lambda words: {p: 1 for w in words for p in zip(w, w[1:])},
+    fails_with(selfcheck.check_pair_counts, lambda words: {p: 1 for w in words for p in pairwise(w)},
                "must be counted")
     fails_with(selfcheck.check_pair_counts, lambda words: {**ch04["pair_counts"](words), (3, 2): 1},
                "(3, 2) is not an adjacent pair")
 
     def overlapping(ids, pair, new_id):
-        return [new_id if (a, b) == tuple(pair) else a for a, b in zip(ids, [*ids[1:], None])]
+        return [new_id if (a, b) == tuple(pair) else a for a, b in zip(ids, [*ids[1:], None], strict=True)]
 
     def in_place(ids, pair, new_id):
         ids[:] = ch04["merge"](list(ids), pair, new_id)
@@ -465,6 +467,7 @@ def lora():
     return reference_solutions("ch04_lora")
 
 
+@pytest.mark.slow  # runs every check on the reference solutions
 def test_lora_reference_solutions_pass(lora):
     assert selfcheck.check_lora_forward(lora["lora_forward"]).endswith("3 cases pass")
     assert "merged layer gives" in selfcheck.check_lora_merge(lora["merge"])

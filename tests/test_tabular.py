@@ -102,6 +102,7 @@ def test_dropout_is_off_in_eval_mode():
     assert not np.allclose(model(x), model(x))
 
 
+@pytest.mark.slow  # trains
 def test_fit_learns_a_feature_rule():
     # Class = whether feature 2 is positive: a few hundred steps of labkit.train.fit must learn it.
     x = np.asarray(jax.random.normal(jax.random.key(0), (256, P)), np.float32)

@@ -22,6 +22,7 @@ def _accuracy(model, x, y):
     return nn.accuracy(model(x), y)
 
 
+@pytest.mark.slow  # trains an MLP on digits
 def test_fit_learns_digits_and_records_history():
     train_set, test_set = _digits()
     model = nn.MLP([64, 64, 10], rngs=nnx.Rngs(0))
@@ -80,7 +81,8 @@ def test_fit_stops_on_a_diverging_loss():
         return nn.mse(model(x), jax.nn.one_hot(y, 10))
 
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        train.fit(model, optimizer, squared_error, train_set, steps=50, batch_size=64, key=jax.random.key(0), progress=False)
+        train.fit(model, optimizer, squared_error, train_set, steps=50, batch_size=64, key=jax.random.key(0),
+                  progress=False)
 
 
 def test_evaluate_weights_batches_by_size():

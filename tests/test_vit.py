@@ -133,6 +133,7 @@ def test_masked_model_ignores_the_pixels_it_hides():
     assert pretrainer(x, patch_mask).shape == (3, 6, 12)
 
 
+@pytest.mark.slow  # pretrains and fine-tunes
 def test_pretraining_with_fit_trains_the_shared_encoder():
     vit = ViT(ViTConfig(**TINY), rngs=nnx.Rngs(0))
     pretrainer = MaskedPatchModel(vit, mask_ratio=0.5, key=jax.random.key(0), rngs=nnx.Rngs(1))
@@ -154,7 +155,7 @@ def test_as_images_and_sample_per_class():
     assert sorted(few.y.tolist()) == [0, 0, 1, 1, 2, 2] and few.x.shape == (6, 2, 4, 3)
     one = sample_per_class(data, 1, jax.random.key(3))
     assert sorted(one.y.tolist()) == [0, 1, 2]
-    for row, label in zip(one.x, one.y):  # each example keeps its own label
+    for row, label in zip(one.x, one.y, strict=True):  # each example keeps its own label
         assert label == flat.y[int(row[0, 0, 0] * 2) // 24]
 
 
