@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
+from labkit._checks import check_int
 from labkit.gpt import Block, GPTConfig
 from labkit.positions import POSITION_SCHEMES, LearnedPositions
 
@@ -37,11 +38,6 @@ DATASET_PATH = Path(__file__).parent / "datasets" / "spoken_digits.npz"  # made 
 
 
 # ---- the front end: frames -> power spectrum -> mel bands -> log ------------------------------------------------
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
-
 
 def _check_waveforms(waveforms: Any, frame_length: int) -> jax.Array:
     shape = tuple(getattr(waveforms, "shape", ()))
@@ -65,8 +61,8 @@ def frame_signal(waveforms: Float[Array, "B S"], frame_length: int,
            [3., 4., 5., 6.],
            [6., 7., 8., 9.]], dtype=float32)
     """
-    _positive_int("frame_length", frame_length, 2)
-    _positive_int("hop_length", hop_length)
+    check_int("frame_length", frame_length, minimum=2)
+    check_int("hop_length", hop_length)
     x = _check_waveforms(waveforms, frame_length)
     num_frames = 1 + (x.shape[1] - frame_length) // hop_length
     index = np.arange(num_frames)[:, None] * hop_length + np.arange(frame_length)[None, :]  # (T, frame_length)
@@ -107,9 +103,9 @@ def mel_filterbank(*, num_mels: int, frame_length: int, sample_rate: int, f_min:
     >>> mel_filterbank(num_mels=40, frame_length=256, sample_rate=8000).shape     # (M, K)
     (40, 129)
     """
-    _positive_int("num_mels", num_mels)
-    _positive_int("frame_length", frame_length, 2)
-    _positive_int("sample_rate", sample_rate)
+    check_int("num_mels", num_mels)
+    check_int("frame_length", frame_length, minimum=2)
+    check_int("sample_rate", sample_rate)
     f_max = sample_rate / 2 if f_max is None else f_max
     if not 0.0 <= f_min < f_max <= sample_rate / 2:
         raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2 = {sample_rate / 2}; "
@@ -220,9 +216,9 @@ class SpectrogramTransformer(nnx.Module):
             raise ValueError(f"config.positions is {config.positions!r}, applied inside attention, but this encoder "
                              "adds learned positions to its input; use a config with positions='learned' (the "
                              "blocks then add nothing)")
-        _positive_int("num_mels", num_mels)
-        _positive_int("num_classes", num_classes, 2)
-        _positive_int("frames_per_token", frames_per_token)
+        check_int("num_mels", num_mels)
+        check_int("num_classes", num_classes, minimum=2)
+        check_int("frames_per_token", frames_per_token)
         self.config, self.num_mels, self.frames_per_token = config, num_mels, frames_per_token
         init = nnx.initializers.normal(config.init_std)
         self.embed = nnx.Linear(frames_per_token * num_mels, config.width, dtype=config.dtype, kernel_init=init,

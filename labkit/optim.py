@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from labkit._checks import check_int
 from labkit.profiles import Profile, get_profile
 
 
@@ -44,10 +45,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "accumulation", "eval_every", "eval_batches",
                      "keep_checkpoints"):
-            _check_int(name, getattr(self, name), low=1)
-        _check_int("warmup_steps", self.warmup_steps, low=0)
+            check_int(f"TrainConfig.{name}", getattr(self, name))
+        check_int("TrainConfig.warmup_steps", self.warmup_steps, minimum=0)
         if self.checkpoint_every is not None:
-            _check_int("checkpoint_every", self.checkpoint_every, low=1)
+            check_int("TrainConfig.checkpoint_every", self.checkpoint_every)
         if self.warmup_steps > self.steps:
             raise ValueError(f"TrainConfig.warmup_steps ({self.warmup_steps}) must be at most steps ({self.steps})")
         positive = {"learning_rate": self.learning_rate, "eps": self.eps,
@@ -111,11 +112,6 @@ class TrainConfig:
         """The preset of a compute profile (default: ``labkit.profiles.get_profile()``); ``tpu`` uses ``gpu``'s."""
         profile = profile if isinstance(profile, Profile) else get_profile(profile)
         return profile.pick(ci=cls.ci, cpu=cls.cpu, gpu=cls.gpu)(**overrides)
-
-
-def _check_int(name: str, value: Any, *, low: int) -> None:
-    if type(value) is not int or value < low:
-        raise ValueError(f"TrainConfig.{name} must be an int >= {low}; got {value!r}")
 
 
 def make_schedule(config: TrainConfig) -> optax.Schedule:

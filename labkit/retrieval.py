@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from labkit._checks import check_int
 from labkit.gpt import GPT
 from labkit.masks import padding_mask
 
@@ -57,12 +58,6 @@ def _pooled_sums(model: GPT, tokens: Int[Array, "B T"], lengths: Int[Array, " B"
     return jnp.sum(jnp.where(real, hidden.astype(jnp.float32), 0.0), axis=1)  # (B, D)
 
 
-def _check_positive_int(name: str, value: Any, upper: int | None = None) -> None:
-    if type(value) is not int or value < 1 or (upper is not None and value > upper):
-        expected = "a positive int" if upper is None else f"an int in [1, {upper}]"
-        raise ValueError(f"{name} must be {expected}; got {value!r}")
-
-
 def embed(model: GPT, tokenizer: Any, texts: Sequence[str], *, max_len: int | None = None,
           batch_size: int = 32) -> Float[np.ndarray, "B D"]:
     """Unit-length embeddings (B, D), float32: each text's mean final hidden state over its tokens.
@@ -83,8 +78,8 @@ def embed(model: GPT, tokenizer: Any, texts: Sequence[str], *, max_len: int | No
     if not texts:
         raise ValueError("texts is empty; expected at least one text to embed")
     max_len = model.config.max_len if max_len is None else max_len
-    _check_positive_int("max_len", max_len, model.config.max_len)
-    _check_positive_int("batch_size", batch_size)
+    check_int("max_len", max_len, maximum=model.config.max_len)
+    check_int("batch_size", batch_size)
 
     rows: list[tuple[int, np.ndarray]] = []  # (text index, the ids of one chunk of at most max_len tokens)
     for i, text in enumerate(texts):
@@ -146,7 +141,7 @@ def top_k(query_vectors: Float[np.ndarray, "Q D"], doc_vectors: Float[np.ndarray
     if queries.shape[1] != docs.shape[1]:
         raise ValueError(f"query_vectors and doc_vectors must have the same width D; got {queries.shape[1]} and "
                          f"{docs.shape[1]}")
-    _check_positive_int("k", k, docs.shape[0])
+    check_int("k", k, maximum=docs.shape[0])
     indices, scores = _top_k(jnp.asarray(queries, jnp.float32), jnp.asarray(docs, jnp.float32), k)
     return np.asarray(indices), np.asarray(scores)
 
@@ -170,7 +165,7 @@ def _check_retrieved(retrieved: Any, relevant: Any, k: int | None) -> tuple[np.n
             raise ValueError(f"relevant[{q}] is empty; every query needs at least one relevant document")
         sets.append(entry)
     k = retrieved.shape[1] if k is None else k
-    _check_positive_int("k", k, retrieved.shape[1])
+    check_int("k", k, maximum=retrieved.shape[1])
     return retrieved[:, :k], sets, k
 
 
@@ -216,7 +211,7 @@ def rag_prompt(tokenizer: Any, question: str, passage: str | None = None, *,
         raise ValueError(f"question must be a non-empty str; got {question!r}")
     if passage is not None and not isinstance(passage, str):
         raise TypeError(f"passage must be a str or None; got {type(passage).__name__}")
-    _check_positive_int("max_tokens", max_tokens)
+    check_int("max_tokens", max_tokens)
     # The passage and the rest are encoded apart, so that cutting the passage never changes the question's tokens.
     rest = PROMPT_TEMPLATE.format(passage="", question=question)  # "\n\n{question}\n"
     tail = np.asarray(tokenizer.encode(rest if passage else rest.lstrip("\n")), np.int32)
@@ -308,5 +303,5 @@ def rank(scores: Float[np.ndarray, "Q M"], k: int) -> Int[np.ndarray, "Q k"]:
     scores = np.asarray(scores)
     if scores.ndim != 2 or scores.shape[0] == 0 or not np.issubdtype(scores.dtype, np.number):
         raise ValueError(f"scores must be a 2-D numeric array (Q, M) with Q >= 1; got {scores.dtype} {scores.shape}")
-    _check_positive_int("k", k, scores.shape[1])
+    check_int("k", k, maximum=scores.shape[1])
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
+from labkit._checks import check_int
 from labkit.gpt_config import GPTConfig, param_count
 from labkit.optim import TrainConfig
 from labkit.positions import POSITION_SCHEMES
@@ -36,11 +37,6 @@ ATTENTION = ("causal", "full", "none")  # how flops_per_token counts attention's
 def _check_config(config: Any) -> None:
     if not isinstance(config, GPTConfig):
         raise TypeError(f"config must be a GPTConfig; got {type(config).__name__}")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
 
 
 def non_embedding_params(config: GPTConfig) -> int:
@@ -89,7 +85,7 @@ def flops_per_token(config: GPTConfig, seq_len: int, *, attention: str = "causal
     True
     """
     _check_config(config)
-    _check_positive_int("seq_len", seq_len)
+    check_int("seq_len", seq_len)
     if attention not in ATTENTION:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION)}; got {attention!r}")
     per_square = 2 * 6 * config.num_layers * seq_len * config.width  # 2 products of 2 T D FLOPs, x 3 with backward
@@ -104,7 +100,7 @@ def training_compute(config: GPTConfig, seq_len: int, tokens: int, *, attention:
     >>> training_compute(GPTConfig.ci(), 64, 1000) == 1000 * flops_per_token(GPTConfig.ci(), 64)
     True
     """
-    _check_positive_int("tokens", tokens)
+    check_int("tokens", tokens)
     return float(flops_per_token(config, seq_len, attention=attention)) * tokens
 
 
@@ -205,7 +201,7 @@ def fit_saturating_power_law(x: Any, y: Any, *, grid: int = 200) -> PowerLaw:
     (0.5, 1.0)
     """
     x, y = _as_points(x, y, minimum=4)
-    _check_positive_int("grid", grid)
+    check_int("grid", grid)
     log_x, log_y = np.log(x), np.log(y)
 
     def log_model(log_x: np.ndarray, log_a: float, alpha: float, c: float) -> np.ndarray:
@@ -298,8 +294,8 @@ def size_to_data(profile: Profile | str, train_tokens: int, *, vocab_size: int) 
     (12, 768, 20, 3.4)
     """
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
-    _check_positive_int("train_tokens", train_tokens)
-    _check_positive_int("vocab_size", vocab_size)
+    check_int("train_tokens", train_tokens)
+    check_int("vocab_size", vocab_size)
     if profile.name in ("ci", "cpu"):
         return SizedRun(config=GPTConfig.for_profile(profile, vocab_size=vocab_size),
                         train=TrainConfig.for_profile(profile), train_tokens=train_tokens,

@@ -26,17 +26,12 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
+from labkit._checks import check_int
 from labkit.gpt import Block, make_norm
 from labkit.gpt_config import GPTConfig
 from labkit.positions import POSITION_SCHEMES
 
 __all__ = ["FeatureTokenizer", "TableTransformer", "fit_standardization", "standardize"]
-
-
-def _positive_int(name: str, value: object) -> int:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return value
 
 
 def _check_rows(x: object, num_features: int, name: str = "x") -> None:
@@ -58,9 +53,9 @@ class FeatureTokenizer(nnx.Module):
     """
 
     def __init__(self, num_features: int, width: int, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-        self.num_features = _positive_int("num_features", num_features)
+        self.num_features = check_int("num_features", num_features)
         self.dtype = dtype  # of the tokens it returns; the parameters are float32
-        width = _positive_int("width", width)
+        width = check_int("width", width)
         init = nnx.initializers.uniform(2 / width**0.5)  # uniform in [0, 2/sqrt(D)), shifted below
         shift = 1 / width**0.5
         self.weight = nnx.Param(init(rngs.params(), (num_features, width)) - shift)  # (P, D): w_j per feature
@@ -91,8 +86,8 @@ class TableTransformer(nnx.Module):
                              "table's columns have no order, so use a config with positions='learned' or "
                              "'sinusoidal' (neither is added)")
         self.config = config
-        self.num_features = _positive_int("num_features", num_features)
-        self.num_classes = _positive_int("num_classes", num_classes)
+        self.num_features = check_int("num_features", num_features)
+        self.num_classes = check_int("num_classes", num_classes)
         self.tokenizer = FeatureTokenizer(num_features, config.width, dtype=config.dtype, rngs=rngs)
         self.blocks = nnx.List([Block(config, causal=False, rngs=rngs) for _ in range(config.num_layers)])
         self.final_norm = make_norm(config, rngs=rngs)

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float
 
+from labkit._checks import check_int
 from labkit.data import ArrayData
 from labkit.gpt import Block, GPTConfig
 from labkit.positions import LearnedPositions
@@ -37,15 +38,10 @@ __all__ = ["MaskedPatchModel", "PatchEmbed", "ViT", "ViTConfig", "as_images", "m
 POOLINGS = ("mean", "cls")
 
 
-def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-
-
 def check_patch_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
     """The grid of patches (rows, columns); an error unless both image sides are multiples of ``patch_size``."""
     for name, value in (("height", height), ("width", width), ("patch_size", patch_size)):
-        _positive_int(name, value)
+        check_int(name, value)
     if height % patch_size or width % patch_size:
         raise ValueError(f"image height {height} and width {width} must both be divisible by the patch size "
                          f"{patch_size}")
@@ -97,7 +93,7 @@ class PatchEmbed(nnx.Module):
     def __init__(self, patch_size: int, channels: int, width: int, *, init: Any = nnx.initializers.normal(0.02),
                  dtype: Any = jnp.float32, rngs: nnx.Rngs):
         for name, value in (("patch_size", patch_size), ("channels", channels), ("width", width)):
-            _positive_int(name, value)
+            check_int(name, value)
         self.patch_size, self.channels = patch_size, channels
         self.linear = nnx.Linear(patch_size * patch_size * channels, width, dtype=dtype, kernel_init=init, rngs=rngs)
 
@@ -242,8 +238,8 @@ def random_patch_mask(key: jax.Array, batch_size: int, num_patches: int, num_mas
     >>> random_patch_mask(jax.random.key(0), 3, 16, 4).sum(axis=1)
     Array([4, 4, 4], dtype=int32)
     """
-    _positive_int("batch_size", batch_size)
-    _positive_int("num_patches", num_patches)
+    check_int("batch_size", batch_size)
+    check_int("num_patches", num_patches)
     if not isinstance(num_masked, int) or not 1 <= num_masked < num_patches:
         raise ValueError(f"num_masked must be an int in [1, {num_patches - 1}] (some but not all patches); "
                          f"got {num_masked!r}")
@@ -320,7 +316,7 @@ def as_images(data: ArrayData, *, height: int, width: int, channels: int = 1, sc
     if not isinstance(data, ArrayData):
         raise TypeError(f"data must be an ArrayData; got {type(data).__name__}")
     for name, value in (("height", height), ("width", width), ("channels", channels)):
-        _positive_int(name, value)
+        check_int(name, value)
     x = np.asarray(data.x)
     if int(np.prod(x.shape[1:])) != height * width * channels:
         raise ValueError(f"data.x has {int(np.prod(x.shape[1:]))} features per example but height*width*channels "
@@ -333,7 +329,7 @@ def sample_per_class(data: ArrayData, per_class: int, key: jax.Array) -> ArrayDa
     """``per_class`` examples of each class of ``data.y``, drawn with ``key`` without replacement, shuffled."""
     if not isinstance(data, ArrayData):
         raise TypeError(f"data must be an ArrayData; got {type(data).__name__}")
-    _positive_int("per_class", per_class)
+    check_int("per_class", per_class)
     y = np.asarray(data.y)
     classes, counts = np.unique(y, return_counts=True)
     if counts.min() < per_class:

@@ -75,7 +75,7 @@ def test_train_config_validates_and_has_profile_presets():
     assert TrainConfig.for_profile("ci") == TrainConfig.ci()
     assert TrainConfig.for_profile("tpu") == TrainConfig.gpu()
     assert TrainConfig.cpu(accumulation=2).tokens_per_step == 2 * 16 * 128
-    with pytest.raises(ValueError, match="TrainConfig.accumulation must be an int >= 1; got 0"):
+    with pytest.raises(ValueError, match="TrainConfig.accumulation must be a positive int; got 0"):
         TrainConfig.ci(accumulation=0)
     with pytest.raises(ValueError, match=r"warmup_steps \(20\) must be at most steps \(10\)"):
         TrainConfig.ci(steps=10, warmup_steps=20)
