@@ -14,6 +14,10 @@ from pathlib import Path
 os.environ.setdefault("LABKIT_PROFILE", "ci")
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # quiet the debugger warning at kernel start
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Every subprocess (notebook kernels, nbgrader, the book build, JupyterLab) imports this checkout's labkit, whichever
+# checkout the environment's editable install points at (two checkouts may share one environment).
+REPO = Path(__file__).resolve().parent
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 REAL_HOME = os.environ.get("LABKIT_TEST_REAL_HOME") or os.path.expanduser("~")
 os.environ["LABKIT_TEST_REAL_HOME"] = REAL_HOME  # kept for the test that checks nothing points there

@@ -32,6 +32,7 @@ Modules, in the direction their dependencies point:
     audio      log-mel spectrograms, the stored spoken-digit dataset, a Transformer over spectrogram frames (chapter 5)
     tabular    feature tokens for tables (FT-Transformer) on the GPT's blocks, train-only standardization (chapter 5)
     metrics    sensitivity, specificity, predictive values, ROC AUC and calibration of binary classifiers (chapter 5)
+    privacy    canaries, exposure (Carlini et al. 2019), greedy extraction, loss-threshold membership inference (ch. 7)
     parallel   device meshes, sharding rules by parameter path (DP, FSDP, TP, data x model), batch placement (ch. 6)
     distributed  jax.distributed.initialize for SLURM, TPU pods and several local processes (chapter 6)
     memory     per-device bytes of parameters, gradients and Adam state beside XLA's figure; activations kept (ch. 6)

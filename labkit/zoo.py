@@ -1,11 +1,11 @@
 """The chapter-4 GPT, pretrained on Python's documentation: trained once, then loaded from a cache folder.
 
 Fine-tuning and the applications start from a pretrained model. ``pretrained_gpt`` runs the pretraining notebook's
-recipe in one call (a byte-level BPE trained on the corpus, the profile's ``GPTConfig`` and ``TrainConfig``,
-``fit`` with a checkpoint) into a folder named after a digest of everything that decides the weights. A second
-call with the same settings (and the same labkit code) finds the saved tokenizer and the finished checkpoint and
-loads them instead of training; training on a CPU is deterministic, so the loaded weights are the ones a fresh run
-would give.
+recipe in one call (the corpus split into training and validation text, a byte-level BPE trained on the training text
+only, the profile's ``GPTConfig`` and ``TrainConfig``, ``fit`` with a checkpoint) into a folder named after a digest
+of everything that decides the weights. A second call with the same settings (and the same labkit code) finds the
+saved tokenizer, token ids and finished checkpoint and loads them instead of training; training on a CPU is
+deterministic, so the loaded weights are the ones a fresh run would give.
 
 >>> pre = pretrained_gpt("ci", key=jax.random.key(0))      # seconds in the ci profile; cached afterwards
 >>> pre.model.hidden(jnp.asarray(pre.valid_ids[None, :16])).shape
@@ -24,24 +24,20 @@ import jax
 import numpy as np
 from flax import nnx
 
-from labkit import data
+from labkit import data, deps
 from labkit.bpe import BPETokenizer
 from labkit.gpt import GPT, GPTConfig
 from labkit.lm import loss as lm_loss
 from labkit.optim import TrainConfig, make_optimizer
 from labkit.scaling import size_to_data
 from labkit.profiles import Profile, get_profile
-from labkit.tokens import TokenWindows, split_tokens
+from labkit.tokens import TokenWindows
 from labkit.train import History, fit
 
-__all__ = ["CORPORA", "Pretrained", "pretrained_gpt"]
+__all__ = ["CORPORA", "Pretrained", "pretrained_gpt", "split_text"]
 
 CORPORA = ("pydoc", "stdlib")  # text corpora of labkit.data the model can be pretrained on
-_FORMAT = 2  # bump when the recipe changes in a way the digest does not see
-# The modules whose code decides the tokenizer and the trained weights; their source is part of the digest, so an
-# edit to any of them trains afresh instead of loading weights the new code would not have produced.
-_RECIPE = ("bpe", "bpe_train", "gpt", "gpt_config", "attention", "blockwise", "masks", "positions", "kvcache", "nn",
-           "lm", "optim", "step", "train", "tokens", "checkpoint", "data", "profiles", "scaling", "zoo")
+_FORMAT = 3  # bump when the recipe changes in a way the digest does not see
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -53,8 +49,8 @@ class Pretrained:
     config: GPTConfig  # the model's sizes
     train_config: TrainConfig  # the pretraining recipe
     history: History  # losses of the pretraining run (validation loss under history.eval["loss"])
-    train_ids: np.ndarray  # the token ids it was trained on (T_train,)
-    valid_ids: np.ndarray  # held-out token ids of the same corpus (T_valid,), never trained on
+    train_ids: np.ndarray  # the token ids it was trained on (T_train,): the training text, encoded
+    valid_ids: np.ndarray  # the validation text, encoded (T_valid,): seen neither by the model nor by the tokenizer
     directory: Path  # the folder it was trained into or loaded from: tokenizer, token ids, checkpoints
 
     @property
@@ -64,27 +60,61 @@ class Pretrained:
 
 
 def _digest(**parts: Any) -> str:
-    code = {name: hashlib.sha256((Path(__file__).parent / f"{name}.py").read_bytes()).hexdigest() for name in _RECIPE}
+    """A digest of ``parts`` and of the code of every labkit module this one imports, transitively (``labkit.deps``):
+    an edit to that code trains afresh instead of loading weights the new code would not have produced, while an edit
+    to a docstring or a comment reuses the cache."""
+    code = deps.code_digests(deps.closure([__name__]))
     text = json.dumps({**parts, "code": code}, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _tokenized(text: str, vocab_size: int, directory: Path) -> tuple[BPETokenizer, np.ndarray]:
-    """The BPE trained on ``text`` and the text's token ids: from ``directory`` if an earlier call saved them there."""
-    tokenizer_file, ids_file = directory / "tokenizer.json", directory / "tokens.npy"
-    if tokenizer_file.is_file() and ids_file.is_file():
-        return BPETokenizer.load(tokenizer_file), np.load(ids_file)
-    tokenizer = BPETokenizer.train(text, vocab_size=vocab_size)
-    ids = tokenizer.encode_ordinary(text)
-    directory.mkdir(parents=True, exist_ok=True)
-    partial = ids_file.with_name("tokens.partial")  # each file is written whole, then renamed: never half a file
+def split_text(text: str, *, validation_fraction: float) -> tuple[str, str]:
+    """``text`` cut in two, training part first: the validation part is about the last ``validation_fraction`` of
+    the characters, starting at a paragraph (just after the last blank line before the cut; at the cut itself if no
+    blank line comes before it).
+
+    Split the text before training the tokenizer, and train it on the training part only: merges learned from the
+    validation text would make that text look more predictable than new text.
+
+    >>> split_text("one\n\ntwo\n\nthree\n\nfour", validation_fraction=0.3)
+    ('one\n\ntwo\n\n', 'three\n\nfour')
+    """
+    if not isinstance(text, str) or len(text) < 2:
+        raise ValueError(f"text must be a str of at least 2 characters; got {text!r:.40}")
+    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) \
+            or not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be a float strictly between 0 and 1; got {validation_fraction!r}")
+    cut = int(round(len(text) * (1.0 - validation_fraction)))
+    blank = text.rfind("\n\n", 0, cut)
+    cut = blank + 2 if blank >= 0 else cut
+    if not 0 < cut < len(text):
+        raise ValueError(f"validation_fraction={validation_fraction} of {len(text)} characters leaves an empty part")
+    return text[:cut], text[cut:]
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    partial = path.with_suffix(".partial")  # written whole, then renamed: never half a file
     with open(partial, "wb") as f:
-        np.save(f, ids)
-    partial.replace(ids_file)
-    partial = tokenizer_file.with_name("tokenizer.partial")
+        np.save(f, array)
+    partial.replace(path)
+
+
+def _tokenized(train_text: str, valid_text: str, vocab_size: int,
+               directory: Path) -> tuple[BPETokenizer, np.ndarray, np.ndarray]:
+    """The BPE trained on ``train_text`` alone and the ids of both texts: from ``directory`` if an earlier call saved
+    them there."""
+    files = {name: directory / name for name in ("tokenizer.json", "train.npy", "valid.npy")}
+    if all(path.is_file() for path in files.values()):
+        return BPETokenizer.load(files["tokenizer.json"]), np.load(files["train.npy"]), np.load(files["valid.npy"])
+    tokenizer = BPETokenizer.train(train_text, vocab_size=vocab_size)  # never sees the validation text
+    train_ids, valid_ids = tokenizer.encode_ordinary(train_text), tokenizer.encode_ordinary(valid_text)
+    directory.mkdir(parents=True, exist_ok=True)
+    _save_array(files["train.npy"], train_ids)
+    _save_array(files["valid.npy"], valid_ids)
+    partial = files["tokenizer.json"].with_suffix(".partial")  # the tokenizer last: its presence marks a whole set
     tokenizer.save(partial)
-    partial.replace(tokenizer_file)
-    return tokenizer, ids
+    partial.replace(files["tokenizer.json"])
+    return tokenizer, train_ids, valid_ids
 
 
 def pretrained_gpt(
@@ -102,10 +132,11 @@ def pretrained_gpt(
     """Train (or load from ``cache``) the profile's GPT on ``corpus``, with a BPE of ``vocab_size`` tokens.
 
     ``vocab_size`` defaults to 512 (ci) or 2048 (cpu, gpu, tpu: the corpora are small); ``cache`` to
-    ``labkit.data.cache_dir() / "pretrained"``. ``key`` decides the initial weights and the training batches.
-    The model and recipe are ``labkit.scaling.size_to_data``'s for the corpus's training tokens (the presets on
-    ci and cpu; on gpu and tpu the largest model the data can feed); ``model_overrides`` and ``train_overrides``
-    replace fields of them.
+    ``labkit.data.cache_dir() / "pretrained"``. The last ``validation_fraction`` of the text (``split_text``) is held
+    out before the tokenizer is trained: neither the tokenizer nor the model sees it. ``key`` decides the initial
+    weights and the training batches. The model and recipe are ``labkit.scaling.size_to_data``'s for the corpus's
+    training tokens (the presets on ci and cpu; on gpu and tpu the largest model the data can feed);
+    ``model_overrides`` and ``train_overrides`` replace fields of them.
     """
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     if corpus not in CORPORA:
@@ -123,8 +154,8 @@ def pretrained_gpt(
                      dtype=profile.compute_dtype, key=np.asarray(jax.random.key_data(key)).tolist())
     directory = Path(cache) if cache is not None else data.cache_dir() / "pretrained"
     directory = directory / f"gpt-{profile.name}-{corpus}-{digest}"
-    tokenizer, ids = _tokenized(text, vocab_size, directory)
-    train_ids, valid_ids = split_tokens(ids, validation_fraction=validation_fraction)
+    train_text, valid_text = split_text(text, validation_fraction=validation_fraction)  # before the tokenizer
+    tokenizer, train_ids, valid_ids = _tokenized(train_text, valid_text, vocab_size, directory)
     sized = size_to_data(profile, len(train_ids), vocab_size=vocab_size)  # gpu, tpu: the model the data can feed
     config = dataclasses.replace(sized.config, **(model_overrides or {}))
     train_config = dataclasses.replace(sized.train, **(train_overrides or {}))

@@ -1,4 +1,5 @@
-"""Fixtures shared by the test files: one `ci`-profile build of the whole book per test run.
+"""Fixtures shared by the test files: one `ci`-profile build of the whole book per test run, and a recorder of
+what the BPE tokenizer is trained on (the guard against validation text leaking into the vocabulary).
 
 That build is the one execution of every notebook in the test run: tests/test_notebooks.py checks each executed
 notebook, tests/test_book.py checks the website and its cache, and tests/test_browser.py opens the same site in a
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from labkit.bpe import BPETokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,3 +53,16 @@ def built_book(tmp_path_factory: pytest.TempPathFactory) -> BuiltBook:
     result = run_build(root)
     return BuiltBook(root=root, html=root / "_build" / "html", returncode=result.returncode, stdout=result.stdout,
                      stderr=result.stderr)
+
+
+@pytest.fixture
+def tokenizer_training_texts(monkeypatch):
+    """Every text given to ``BPETokenizer.train`` while the fixture is active, in order."""
+    texts, train = [], BPETokenizer.train.__func__
+
+    def recording(cls, text, *args, **kwargs):
+        texts.append(text)
+        return train(cls, text, *args, **kwargs)
+
+    monkeypatch.setattr(BPETokenizer, "train", classmethod(recording))
+    return texts

@@ -63,3 +63,18 @@ def test_no_text_holds_control_characters():
     for path, text in texts.items():
         bad = sorted({hex(ord(c)) for c in text if ord(c) < 32 and c != "\n"})
         assert not bad, f"{path.relative_to(REPO)} holds control characters {bad} (an unescaped backslash?)"
+
+
+def test_subprocesses_import_this_checkouts_labkit(tmp_path):
+    """Kernels, nbgrader and the book build are subprocesses: they must import the labkit of the checkout under
+    test (conftest.py puts it first on PYTHONPATH), not whichever checkout the editable install points at."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, labkit; print(labkit.__file__); print(sys.path.index(sys.argv[1])); "
+             "print(min([i for i, p in enumerate(sys.path) if 'site-packages' in p] or [len(sys.path)]))")
+    result = subprocess.run([sys.executable, "-c", probe, str(REPO)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    where, checkout, site = result.stdout.split()
+    assert Path(where).resolve() == (REPO / "labkit" / "__init__.py").resolve()
+    assert int(checkout) < int(site), "the checkout must come before site-packages on the subprocess's path"
