@@ -7,7 +7,7 @@ of everything that decides the weights. A second call with the same settings (an
 saved tokenizer, token ids and finished checkpoint and loads them instead of training; training on a CPU is
 deterministic, so the loaded weights are the ones a fresh run would give.
 
->>> pre = pretrained_gpt("ci", key=jax.random.key(0))      # seconds in the ci profile; cached afterwards
+>>> pre = pretrained_gpt("ci", key=jax.random.key(0), progress=False)  # seconds in ci; cached afterwards
 >>> pre.model.hidden(jnp.asarray(pre.valid_ids[None, :16])).shape
 (1, 16, 32)
 """
@@ -69,7 +69,7 @@ def _digest(**parts: Any) -> str:
 
 
 def split_text(text: str, *, validation_fraction: float) -> tuple[str, str]:
-    """``text`` cut in two, training part first: the validation part is about the last ``validation_fraction`` of
+    r"""``text`` cut in two, training part first: the validation part is about the last ``validation_fraction`` of
     the characters, starting at a paragraph (just after the last blank line before the cut; at the cut itself if no
     blank line comes before it).
 
